@@ -1,0 +1,43 @@
+"""Target: vllm.engine.arg_utils.EngineArgs.create_engine_config
+
+Why: PLPHP must fail fast, in the process the user started (`LLM(...)`,
+`vllm serve`), on a bad `plphp` setting or an unsupported combination, rather
+than deep inside the engine core; and vLLM turns prefix caching on by default,
+which PLPHP does not support (a cached block of one request may be compacted
+by another's pruning).
+How: when the attention backend is PLPHP, default prefix caching to off (an
+explicit --enable-prefix-caching is refused), build the config with the
+original, then validate the `plphp` section and the unsupported features.
+vLLM versions checked: 0.32.0.
+Remove when: never as such; the checks would move to a config hook if vLLM
+offered one to attention backends.
+"""
+
+from vllm.engine.arg_utils import EngineArgs
+
+from vllm_plphp.patches import original, patch, plphp_selected
+from vllm_plphp.validate import refuse_prefix_caching, validate_engine_config
+
+
+def _selected(args: EngineArgs) -> bool:
+    backend = args.attention_backend
+    if backend is None and isinstance(args.attention_config, dict):
+        backend = args.attention_config.get("backend")
+    elif backend is None and args.attention_config is not None:
+        backend = getattr(args.attention_config, "backend", None)
+    return backend is not None and str(getattr(backend, "name", backend)).upper() == "PLPHP"
+
+
+def _create_engine_config(self, *args, **kwargs):
+    if _selected(self):
+        if self.enable_prefix_caching:
+            refuse_prefix_caching()
+        self.enable_prefix_caching = False
+    vllm_config = original(EngineArgs, "create_engine_config")(self, *args, **kwargs)
+    if plphp_selected(vllm_config):
+        validate_engine_config(vllm_config)
+    return vllm_config
+
+
+def apply() -> None:
+    patch(EngineArgs, "create_engine_config", _create_engine_config)

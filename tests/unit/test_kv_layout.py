@@ -1,0 +1,39 @@
+"""The head-major views really alias what the stock CPU kernel writes."""
+
+import pytest
+import torch
+
+from vllm_plphp import kv_layout
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_size", [32, 64, 80])
+def test_cpu_views_match_reshape_and_cache(dtype, head_size):
+    from vllm import _custom_ops as ops
+    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+    nb, heads, bs = 4, 2, 32
+    isa = _get_attn_isa(dtype, bs, head_size)
+    if isa not in kv_layout.CPU_ISAS:  # e.g. AMX: PLPHP must refuse it clearly
+        with pytest.raises(NotImplementedError, match=isa):
+            kv_layout.cpu_views(torch.zeros(nb, heads, bs, 2 * head_size), isa)
+        return
+    kv = torch.zeros(nb, heads, bs, 2 * head_size, dtype=dtype)
+    key_cache, value_cache = kv.view(nb, heads, 2 * bs, head_size).chunk(2, dim=2)
+    n = 70
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(n, heads, head_size, generator=g).to(dtype)
+    v = torch.randn(n, heads, head_size, generator=g).to(dtype)
+    slots = torch.randperm(nb * bs, generator=g)[:n]
+    ops.cpu_attn_reshape_and_cache(
+        k, v, key_cache, value_cache, slots, isa, k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto"
+    )
+    kview, vview = kv_layout.cpu_views(kv, isa)
+    blocks, offsets = slots // bs, slots % bs
+    assert torch.equal(kview[blocks, :, offsets], k)
+    assert torch.equal(vview[blocks, :, offsets], v)
+
+
+def test_unsupported_isa_is_refused():
+    with pytest.raises(NotImplementedError, match="amx"):
+        kv_layout.cpu_views(torch.zeros(1, 1, 32, 64), "amx")

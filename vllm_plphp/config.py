@@ -1,0 +1,155 @@
+"""PLPHP settings: one validated dataclass, read once per process.
+
+Sources, lowest to highest precedence:
+  1. defaults below (the paper's: r=0.4, delta_r=0.3, alpha=0.25, beta=0.1);
+  2. environment variables ``VLLM_PLPHP_<FIELD>`` (e.g. ``VLLM_PLPHP_R=0.3``);
+  3. ``additional_config={"plphp": {...}}`` / ``--additional-config '{"plphp": {...}}'``
+     (a preset file name from ``configs/`` may be given as ``{"plphp": {"preset": "..."}}``).
+A bad value raises ``PlphpConfigError`` naming the field, the value and the range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+ENV_PREFIX = "VLLM_PLPHP_"
+
+
+class PlphpConfigError(ValueError):
+    """Invalid PLPHP setting; the message names field, value and allowed range."""
+
+
+@dataclass(frozen=True)
+class PlphpConfig:
+    r: float = 0.4  # base retention rate of a balanced layer
+    delta_r: float = 0.3  # added for vision-attentive, removed for indifferent layers
+    alpha: float = 0.25  # gamma_l >= alpha -> vision-attentive
+    beta: float = 0.1  # gamma_l < beta -> vision-indifferent
+    gqa_reduce: str = "mean"  # how a KV head scores a token from its query heads
+    skip_first: int = 2  # leading decoder layers that keep everything
+    skip_last: int = 1  # trailing decoder layers that keep everything
+
+    def __post_init__(self) -> None:
+        _check_range("r", self.r, 0.0, 1.0)
+        _check_range("delta_r", self.delta_r, 0.0, 1.0)
+        _check_range("alpha", self.alpha, 0.0, 1.0)
+        _check_range("beta", self.beta, 0.0, 1.0)
+        if self.delta_r > self.r:
+            raise PlphpConfigError(
+                f"plphp.delta_r={self.delta_r} must be <= plphp.r={self.r} "
+                "(allowed: 0 <= delta_r <= r <= 1 - delta_r)"
+            )
+        if self.r > 1.0 - self.delta_r + 1e-12:
+            raise PlphpConfigError(
+                f"plphp.r={self.r} must be <= 1 - delta_r = {1.0 - self.delta_r:g} "
+                "(allowed: 0 <= delta_r <= r <= 1 - delta_r)"
+            )
+        if self.beta > self.alpha:
+            raise PlphpConfigError(
+                f"plphp.beta={self.beta} must be <= plphp.alpha={self.alpha} "
+                "(allowed: 0 <= beta <= alpha <= 1)"
+            )
+        if self.gqa_reduce not in ("mean", "max"):
+            raise PlphpConfigError(
+                f"plphp.gqa_reduce={self.gqa_reduce!r} is not allowed "
+                "(allowed: 'mean', 'max')"
+            )
+        for name in ("skip_first", "skip_last"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise PlphpConfigError(
+                    f"plphp.{name}={value!r} is not allowed (allowed: integer >= 0)"
+                )
+
+    def layer_rate(self, gamma: float) -> float:
+        """Retention rate r_l of a layer whose vision attention score is gamma."""
+        if gamma >= self.alpha:
+            return self.r + self.delta_r
+        if gamma < self.beta:
+            return self.r - self.delta_r
+        return self.r
+
+    def is_pruned_layer(self, layer_idx: int, num_layers: int) -> bool:
+        """0-indexed decoder layer; the paper prunes layers 2 .. N-2."""
+        return self.skip_first <= layer_idx < num_layers - self.skip_last
+
+    def replace(self, **changes) -> "PlphpConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _check_range(name: str, value, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PlphpConfigError(
+            f"plphp.{name}={value!r} is not a number (allowed: {lo} <= {name} <= {hi})"
+        )
+    if not lo <= value <= hi:
+        raise PlphpConfigError(
+            f"plphp.{name}={value} is out of range (allowed: {lo} <= {name} <= {hi})"
+        )
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(PlphpConfig)}
+
+
+def _coerce(name: str, raw: str):
+    kind = _FIELD_TYPES[name]
+    try:
+        if kind == "float":
+            return float(raw)
+        if kind == "int":
+            return int(raw)
+    except ValueError:
+        raise PlphpConfigError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}"
+        ) from None
+    return raw
+
+
+def preset_dir() -> Path:
+    """The presets folder (top-level ``configs/``, installed as vllm_plphp.configs)."""
+    import vllm_plphp.configs
+
+    return Path(vllm_plphp.configs.__file__).parent
+
+
+def load_preset(name: str) -> dict:
+    path = preset_dir() / f"{name}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in preset_dir().glob("*.json"))
+        raise PlphpConfigError(f"plphp.preset={name!r} is unknown (allowed: {known})")
+    return json.loads(path.read_text())
+
+
+def from_dict(values: dict | None, env: dict | None = None) -> PlphpConfig:
+    """Build the config from env vars and an ``additional_config["plphp"]`` dict."""
+    env = os.environ if env is None else env
+    merged: dict = {}
+    for name in _FIELD_TYPES:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            merged[name] = _coerce(name, raw)
+    values = dict(values or {})
+    preset = values.pop("preset", None)
+    if preset is not None:
+        merged.update(load_preset(preset))
+    unknown = sorted(set(values) - set(_FIELD_TYPES))
+    if unknown:
+        raise PlphpConfigError(
+            f"unknown plphp setting(s) {unknown} (allowed: {sorted(_FIELD_TYPES)})"
+        )
+    merged.update(values)
+    return PlphpConfig(**merged)
+
+
+def from_vllm_config(vllm_config) -> PlphpConfig:
+    additional = getattr(vllm_config, "additional_config", None) or {}
+    section = additional.get("plphp") if isinstance(additional, dict) else None
+    if section is not None and not isinstance(section, dict):
+        raise PlphpConfigError(
+            f"additional_config.plphp must be a JSON object, got {section!r}"
+        )
+    return from_dict(section)

@@ -1,0 +1,36 @@
+"""Head-major views (num_blocks, Hkv, block_size, D) of a stock backend's cache.
+
+The views alias the cache memory, so writes through them are writes to the
+cache. Checked against the kernels that write the cache:
+  CPU_ATTN (vLLM 0.32, ISA "vec"/"vec16"): kv_cache (nb, Hkv, bs, 2D) holds per
+    (block, head) a key tile stored transposed as (D, bs), then a value tile
+    (bs, D) (checked with `cpu_attn_reshape_and_cache`, tests/unit/test_kv_layout.py).
+  FLASH_ATTN / TRITON_ATTN (vLLM 0.32): kv_cache (nb, Hkv, bs, 2D), K = [..., :D].
+Other CPU ISAs (AMX, NEON, ...) pack the key tiles differently: refused.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CPU_ISAS = ("vec", "vec16")
+
+
+def cpu_views(kv_cache: torch.Tensor, isa: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if isa not in CPU_ISAS:
+        raise NotImplementedError(
+            f"PLPHP on CPU supports the attention ISAs {CPU_ISAS}; this machine "
+            f"selected {isa!r} (e.g. AMX with bfloat16). Use dtype float32/float16."
+        )
+    num_blocks, num_kv_heads, block_size, two_d = kv_cache.shape
+    head_size = two_d // 2
+    tiles = kv_cache.view(num_blocks, num_kv_heads, 2 * block_size * head_size)
+    k = tiles[..., : block_size * head_size]
+    v = tiles[..., block_size * head_size :]
+    k = k.view(num_blocks, num_kv_heads, head_size, block_size).transpose(2, 3)
+    v = v.view(num_blocks, num_kv_heads, block_size, head_size)
+    return k, v
+
+
+def cuda_views(kv_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return kv_cache[..., :head_size], kv_cache[..., head_size:]

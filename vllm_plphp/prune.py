@@ -1,0 +1,103 @@
+"""Prune one layer's cache for this step's targets (worker side, once per
+request per layer, in the step that computes the request's last prompt token).
+
+Order per layer: scores for every target, one all-reduce of the gamma sums
+across tensor-parallel ranks (each rank holds a slice of the heads, and all
+must pick the same r_l), then per target: rate, per-head top-k, compaction,
+and the new pruned count in the layer's block table.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from vllm.platforms import current_platform
+
+from vllm_plphp import compaction, kv_layout, scoring
+from vllm_plphp.worker_state import STATE, LayerRecord
+
+
+@functools.lru_cache(maxsize=None)
+def layer_position(layer_name: str) -> int:
+    from vllm.model_executor.models.utils import extract_layer_index
+
+    return extract_layer_index(layer_name)
+
+
+@functools.lru_cache(maxsize=1)
+def _num_layers() -> int:
+    from vllm.config import get_current_vllm_config
+
+    return get_current_vllm_config().model_config.get_total_num_hidden_layers()
+
+
+def cache_views(impl, layer, kv_cache):
+    if current_platform.is_cpu():
+        return kv_layout.cpu_views(kv_cache, layer.isa)
+    return kv_layout.cuda_views(kv_cache, impl.head_size)
+
+
+def _tp_all_reduce(values: torch.Tensor) -> torch.Tensor:
+    from vllm.distributed import get_tensor_model_parallel_world_size
+
+    if get_tensor_model_parallel_world_size() == 1:
+        return values
+    from vllm.distributed import tensor_model_parallel_all_reduce
+
+    return tensor_model_parallel_all_reduce(values)
+
+
+def _tp_size() -> int:
+    from vllm.distributed import get_tensor_model_parallel_world_size
+
+    return get_tensor_model_parallel_world_size()
+
+
+def prune_layer(impl, layer, query: torch.Tensor, kv_cache: torch.Tensor) -> None:
+    base = STATE.config
+    layer_idx = layer_position(layer.layer_name)
+    if base is None or not base.is_pruned_layer(layer_idx, _num_layers()):
+        return
+    table = STATE.block_table_for(layer.layer_name)
+    k_cache, v_cache = cache_views(impl, layer, kv_cache)
+    device = kv_cache.device
+    num_kv_heads = k_cache.shape[1]
+
+    work = []
+    gamma_sums = torch.zeros(len(STATE.targets), dtype=torch.float32, device=device)
+    for i, target in enumerate(STATE.targets):
+        row = target.row
+        num_blocks = int(table.num_blocks_per_row[row])
+        block_ids = torch.from_numpy(table.block_table.np[row, :num_blocks]).to(
+            device=device, dtype=torch.long
+        )
+        keys = compaction.gather(k_cache, block_ids, target.prompt_len)
+        probs = scoring.last_token_attention(query[target.query_index], keys, impl.scale)
+        vision = torch.cat(target.images).to(device)
+        gamma_sums[i] = probs[:, vision].sum()
+        work.append((target, block_ids, probs, vision))
+
+    # gamma_l = mean over ALL query heads; the sum over this rank's heads is
+    # reduced across ranks, then divided by the global head count.
+    gamma_sums = _tp_all_reduce(gamma_sums)
+    total_heads = query.shape[1] * _tp_size()
+    gammas = (gamma_sums / total_heads).tolist()
+
+    for (target, block_ids, probs, vision), gamma in zip(work, gammas):
+        config = target.config
+        rate = config.layer_rate(gamma)
+        images = [p.to(device) for p in target.images]
+        scores = scoring.kv_head_scores(probs, num_kv_heads, config.gqa_reduce)
+        keep = scoring.select_kept(scores, images, rate, target.total_len)
+        compaction.compact_(k_cache, v_cache, block_ids, keep)
+        kept = keep.shape[1]
+        table.num_pruned[target.row] = target.total_len - kept
+        STATE.records.setdefault(target.req_id, {})[layer_idx] = LayerRecord(
+            gamma=gamma,
+            rate=rate,
+            kept=kept,
+            total=target.total_len,
+            vision=int(vision.numel()),
+            vision_kept=int(vision.numel()) - (target.total_len - kept),
+        )
