@@ -31,6 +31,7 @@ def _attach(runner) -> bool:
 
             STATE.config = from_vllm_config(runner.vllm_config)
             STATE.runner = runner
+            STATE.num_layers = runner.model_config.hf_text_config.num_hidden_layers
             STATE.layer_to_group = {
                 name: gid
                 for gid, group in enumerate(runner.kv_cache_config.kv_cache_groups)

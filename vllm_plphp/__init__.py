@@ -18,6 +18,14 @@ logger = logging.getLogger("vllm_plphp")
 _registered = False
 
 
+def backend_member():
+    """The `AttentionBackendEnum.PLPHP` member, registering it if needed."""
+    register()
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    return AttentionBackendEnum[BACKEND_NAME]
+
+
 def register() -> None:
     """Register the PLPHP attention backend with vLLM (idempotent)."""
     global _registered
@@ -32,7 +40,11 @@ def register() -> None:
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
     if BACKEND_NAME not in AttentionBackendEnum._member_map_:
-        AttentionBackendEnum.register(BACKEND_NAME, BACKEND_PATH)
+        member = AttentionBackendEnum.register(BACKEND_NAME, BACKEND_PATH)
+        # The engine config (holding this member) is unpickled in the engine
+        # core before plugins load there; an enum pickles as Enum(value), which
+        # would fail. Pickle it as a call that registers first.
+        member.__reduce_ex__ = lambda protocol: (backend_member, ())
 
     from vllm_plphp.patches import apply_patches
 

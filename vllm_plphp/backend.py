@@ -17,6 +17,7 @@ import dataclasses
 import torch
 from vllm.platforms import current_platform
 
+from vllm_plphp.log import logger
 from vllm_plphp.prune import prune_layer
 from vllm_plphp.worker_state import STATE
 
@@ -76,6 +77,9 @@ class PlphpImpl(_StockImpl):
             raise NotImplementedError(
                 f"--attention-backend plphp does not support models with {', '.join(bad)}"
             )
+        logger.info_once(
+            "PLPHP attention backend active (wrapping %s)", _StockBackend.get_name()
+        )
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *a, **kw):
         out = super().forward(layer, query, key, value, kv_cache, attn_metadata, output, *a, **kw)

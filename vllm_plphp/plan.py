@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from vllm_plphp.config import PlphpConfig
+from vllm_plphp.log import logger
 from vllm_plphp.request_config import config_for_request
 
 
@@ -67,7 +68,11 @@ def plan_step(
         state = requests[req_id]
         last_prompt = state.num_prompt_tokens - 1
         if n and first <= last_prompt < first + n and state.mm_features:
-            config = config_for_request(base, state.sampling_params)
+            try:
+                config = config_for_request(base, state.sampling_params)
+            except ValueError as e:  # the front end validates; never crash here
+                logger.warning("request %s: PLPHP skipped: %s", req_id, e)
+                config = None
             images = vision_positions(state.mm_features)
             if config is not None and images:
                 targets.append(

@@ -25,13 +25,6 @@ def layer_position(layer_name: str) -> int:
     return extract_layer_index(layer_name)
 
 
-@functools.lru_cache(maxsize=1)
-def _num_layers() -> int:
-    from vllm.config import get_current_vllm_config
-
-    return get_current_vllm_config().model_config.get_total_num_hidden_layers()
-
-
 def cache_views(impl, layer, kv_cache):
     if current_platform.is_cpu():
         return kv_layout.cpu_views(kv_cache, layer.isa)
@@ -57,7 +50,7 @@ def _tp_size() -> int:
 def prune_layer(impl, layer, query: torch.Tensor, kv_cache: torch.Tensor) -> None:
     base = STATE.config
     layer_idx = layer_position(layer.layer_name)
-    if base is None or not base.is_pruned_layer(layer_idx, _num_layers()):
+    if base is None or not base.is_pruned_layer(layer_idx, STATE.num_layers):
         return
     table = STATE.block_table_for(layer.layer_name)
     k_cache, v_cache = cache_views(impl, layer, kv_cache)

@@ -32,6 +32,7 @@ class LayerRecord:
 class WorkerState:
     config: PlphpConfig | None = None
     runner: object = None  # the GPUModelRunner / CPUModelRunner of this worker
+    num_layers: int = 0  # decoder layers of the language model
     layer_to_group: dict[str, int] = field(default_factory=dict)
     targets: list[PruneTarget] = field(default_factory=list)
     # req_id -> {layer_index: LayerRecord}; finished requests move to `finished`

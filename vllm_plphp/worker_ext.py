@@ -1,0 +1,51 @@
+"""Worker extension for inspection: `LLM(..., worker_extension_cls=WORKER_EXT)`
+then `llm.collective_rpc("plphp_records")` (one result per worker/rank).
+
+Read-only views of the worker's PLPHP state, for tests, demos and `inspect`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+WORKER_EXT = "vllm_plphp.worker_ext.PlphpWorkerExtension"
+
+
+class PlphpWorkerExtension:
+    def plphp_records(self, req_ids=None) -> dict:
+        """{req_id: {layer_index: {gamma, rate, kept, total, vision, vision_kept}}}."""
+        from vllm_plphp.worker_state import STATE
+
+        merged = {**STATE.finished, **STATE.records}
+        if req_ids is not None:
+            merged = {k: v for k, v in merged.items() if k in set(req_ids)}
+        return {
+            req: {layer: asdict(rec) for layer, rec in layers.items()}
+            for req, layers in merged.items()
+        }
+
+    def plphp_set_record_seq_lens(self, on: bool) -> None:
+        from vllm_plphp.worker_state import STATE
+
+        STATE.record_seq_lens = bool(on)
+        STATE.last_seq_lens.clear()
+
+    def plphp_last_seq_lens(self) -> dict:
+        """{layer_name: seq_lens the stock kernel received in the last step}."""
+        from vllm_plphp.worker_state import STATE
+
+        return dict(STATE.last_seq_lens)
+
+    def plphp_attention_impls(self) -> dict:
+        """{layer_name: attention impl class path} of the loaded model."""
+        runner = self.model_runner
+        layers = runner.compilation_config.static_forward_context
+        return {
+            name: f"{type(layer.impl).__module__}.{type(layer.impl).__qualname__}"
+            for name, layer in layers.items()
+            if hasattr(layer, "impl")
+        }
+
+    def plphp_kv_cache_groups(self) -> list[list[str]]:
+        """Layer names of each KV cache group (PLPHP: one layer per group)."""
+        return [list(g.layer_names) for g in self.model_runner.kv_cache_config.kv_cache_groups]
