@@ -13,16 +13,23 @@ WORKER_EXT = "vllm_plphp.worker_ext.PlphpWorkerExtension"
 
 class PlphpWorkerExtension:
     def plphp_records(self, req_ids=None) -> dict:
-        """{req_id: {layer_index: {gamma, rate, kept, total, vision, vision_kept}}}."""
+        """{req_id: {layer_index: {gamma, rate, kept, total, vision, vision_kept}}}.
+
+        req_ids: user-facing ids (`RequestOutput.request_id`); the engine's
+        internal id is that id plus a random "-suffix", and is matched too.
+        """
         from vllm_plphp.worker_state import STATE
 
         merged = {**STATE.finished, **STATE.records}
-        if req_ids is not None:
-            merged = {k: v for k, v in merged.items() if k in set(req_ids)}
-        return {
-            req: {layer: asdict(rec) for layer, rec in layers.items()}
-            for req, layers in merged.items()
-        }
+        out = {}
+        for internal, layers in merged.items():
+            key = internal
+            if req_ids is not None:
+                key = next((r for r in req_ids if internal == r or internal.startswith(f"{r}-")), None)
+                if key is None:
+                    continue
+            out[key] = {layer: asdict(rec) for layer, rec in layers.items()}
+        return out
 
     def plphp_set_record_seq_lens(self, on: bool) -> None:
         from vllm_plphp.worker_state import STATE
