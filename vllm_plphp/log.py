@@ -2,4 +2,5 @@
 
 from vllm.logger import init_logger
 
-logger = init_logger("vllm_plphp")
+# under the "vllm" namespace so vLLM's logging config (level, format) applies
+logger = init_logger("vllm.plphp")

@@ -1,0 +1,95 @@
+"""Start a real `vllm serve` subprocess on a free local port (tests, benchmarks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+VLLM = str(Path(sys.executable).with_name("vllm"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model: str, *args: str, plphp: dict | None = None, env: dict | None = None,
+                 kv_bytes: int = 192 << 20, timeout: float = 300):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [
+            VLLM, "serve", model, "--port", str(self.port), "--host", "127.0.0.1",
+            "--dtype", "float32", "--max-model-len", "4096", "--enforce-eager",
+            "--kv-cache-memory-bytes", str(kv_bytes), "--served-model-name", "fixture",
+            "--limit-mm-per-prompt", json.dumps({"image": 2}), *args,
+        ]
+        if plphp is not None:
+            cmd += ["--attention-backend", "plphp", "--additional-config", json.dumps({"plphp": plphp})]
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", prefix="vllm-serve-", delete=False)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, "VLLM_LOGGING_LEVEL": "INFO", **(env or {})},
+            start_new_session=True,
+        )
+        self._wait(timeout)
+
+    def _wait(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vllm serve exited {self.proc.returncode}:\n{self.logs()[-4000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(1)
+        self.stop()
+        raise TimeoutError(f"vllm serve not ready in {timeout}s:\n{self.logs()[-4000:]}")
+
+    def logs(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    def client(self):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.url + "/v1", api_key="EMPTY", max_retries=0, timeout=120)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+
+
+def metric_value(text: str, name: str, labels: dict | None = None) -> float | None:
+    """Sum of a Prometheus metric's samples whose labels include `labels`."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric = head.split("{")[0]
+        if metric != name:
+            continue
+        if labels and not all(f'{k}="{v}"' in head for k, v in labels.items()):
+            continue
+        total += float(value)
+        found = True
+    return total if found else None

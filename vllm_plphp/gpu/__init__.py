@@ -1,0 +1,44 @@
+"""GPU implementations of PLPHP's per-prefill operations (issue 7).
+
+Triton kernels (`vllm_plphp.gpu.triton_ops`, imported lazily) for
+  (a) last-token scoring against a request's paged keys: fused gather + q.k +
+      softmax over the prompt, per-head probs, gamma_l partial sums and the
+      per-KV-head (mean/max) reduction; top-K per image is one batched torch
+      `topk` (`vllm_plphp.gpu.select`);
+  (b) in-place per-head compaction of paged K/V, overlap-safe;
+plus a paged split-K decode-attention kernel used by the benchmarks.
+
+The dispatchers in `vllm_plphp.gpu.ops` use Triton for CUDA tensors and fall
+back to the torch oracle (`vllm_plphp.scoring`, `vllm_plphp.compaction`)
+otherwise. Nothing here imports vLLM.
+"""
+
+from vllm_plphp.gpu.ops import (
+    ENV_SWITCH,
+    LayerSelection,
+    compact_,
+    compact_batched_,
+    last_token_scores_batched,
+    paged_decode_attention,
+    score_and_select,
+    score_and_select_batched,
+    triton_available,
+    use_triton,
+)
+from vllm_plphp.gpu.select import BatchPlan, make_plan, select_kept_batched
+
+__all__ = [
+    "ENV_SWITCH",
+    "BatchPlan",
+    "LayerSelection",
+    "compact_",
+    "compact_batched_",
+    "last_token_scores_batched",
+    "make_plan",
+    "paged_decode_attention",
+    "score_and_select",
+    "score_and_select_batched",
+    "select_kept_batched",
+    "triton_available",
+    "use_triton",
+]

@@ -1,0 +1,245 @@
+"""Dispatchers: Triton kernels on CUDA tensors, the torch oracle otherwise.
+
+`backend` on every function: None (auto: Triton when the tensors are on CUDA,
+Triton imports and `VLLM_PLPHP_GPU_KERNELS` is not "0"), "triton" or "torch".
+The torch path is `vllm_plphp.scoring` / `vllm_plphp.compaction` (the oracle),
+looped over requests.
+
+Per-step use for one pruned layer (B requests whose prompt completes now):
+
+    plan = make_plan(images, prompt_lens, total_lens, device)     # once per step
+    keep, lengths, gammas, rates = score_and_select_batched(
+        queries, k_cache, block_table, plan, scale, rate_fn)       # per layer
+    compact_batched_(k_cache, v_cache, block_table, keep, lengths) # per layer
+
+Single-request forms with the oracle's signatures: `score_and_select`, `compact_`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from vllm_plphp import compaction, scoring
+from vllm_plphp.gpu.select import BatchPlan, make_plan, select_kept_batched
+
+ENV_SWITCH = "VLLM_PLPHP_GPU_KERNELS"
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    try:
+        from vllm_plphp.gpu import triton_ops  # noqa: F401
+    except Exception:  # ImportError, or a Triton without a usable backend
+        return False
+    return True
+
+
+def use_triton(tensor: torch.Tensor, backend: str | None = None) -> bool:
+    if backend == "torch":
+        return False
+    if backend == "triton":
+        # TRITON_INTERPRET=1 runs the kernels on CPU tensors (tests without a GPU)
+        on_device = tensor.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+        if not (on_device and triton_available()):
+            raise RuntimeError("backend='triton' needs CUDA tensors and an importable Triton")
+        return True
+    if backend is not None:
+        raise ValueError(f"unknown backend {backend!r} (allowed: None, 'triton', 'torch')")
+    return tensor.is_cuda and os.environ.get(ENV_SWITCH, "1") != "0" and triton_available()
+
+
+def _ops():
+    from vllm_plphp.gpu import triton_ops
+
+    return triton_ops
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def last_token_scores_batched(
+    queries: torch.Tensor,
+    k_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    plan: BatchPlan,
+    scale: float,
+    reduce: str = "mean",
+    return_probs: bool = False,
+    backend: str | None = None,
+):
+    """queries (B, H, D) post-RoPE last-prompt-token queries; k_cache (nb, Hkv, bs, D);
+    block_table (B, n). Returns (scores (B, Hkv, Pmax) f32, gamma_sum (B,) f32 = sum of
+    the softmax probs over this rank's heads and vision positions, probs (B, H, Pmax)
+    or None). Entries past a request's prompt are undefined."""
+    if reduce not in ("mean", "max"):
+        raise ValueError(f"unknown GQA reduction {reduce!r}")
+    if use_triton(k_cache, backend):
+        return _ops().last_token_scores(
+            queries, k_cache, block_table, plan.prompt_lens_dev, plan.max_prompt_len,
+            plan.vision_mask, scale, reduce, return_probs,
+        )
+    batch, num_heads = queries.shape[0], queries.shape[1]
+    num_kv_heads = k_cache.shape[1]
+    pmax = plan.max_prompt_len
+    dev = queries.device
+    scores = torch.zeros(batch, num_kv_heads, pmax, dtype=torch.float32, device=dev)
+    gamma_sum = torch.zeros(batch, dtype=torch.float32, device=dev)
+    probs_out = torch.zeros(batch, num_heads, pmax, dtype=torch.float32, device=dev) if return_probs else None
+    for b, plen in enumerate(plan.prompt_lens):
+        keys = compaction.gather(k_cache, block_table[b].long(), plen)
+        probs = scoring.last_token_attention(queries[b], keys, scale)
+        scores[b, :, :plen] = scoring.kv_head_scores(probs, num_kv_heads, reduce)
+        vis = plan.vision_mask[b, :plen].bool()
+        gamma_sum[b] = probs[:, vis].sum()
+        if probs_out is not None:
+            probs_out[b, :, :plen] = probs
+    return scores, gamma_sum, probs_out
+
+
+@dataclass
+class LayerSelection:
+    keep: torch.Tensor  # (B, Hkv, Lmax) long, ascending, -1 past lengths[b]
+    lengths: list[int]
+    gammas: list[float]
+    rates: list[float]
+
+    def lengths_dev(self) -> torch.Tensor:
+        return torch.tensor(self.lengths, dtype=torch.int32).to(self.keep.device, non_blocking=True)
+
+
+RateFn = Callable[[float], float]
+
+
+def score_and_select_batched(
+    queries: torch.Tensor,
+    k_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    plan: BatchPlan,
+    scale: float,
+    rate_fn: RateFn | Sequence[RateFn],
+    reduce: str = "mean",
+    num_heads_total: int | None = None,
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    backend: str | None = None,
+) -> LayerSelection:
+    """Scores, gamma_l (one host sync per layer), r_l, per-head top-K per image.
+
+    rate_fn: gamma -> r_l (e.g. `PlphpConfig.layer_rate`), or one per request.
+    Tensor parallel: pass all_reduce (summing gamma sums over ranks) and
+    num_heads_total (all query heads); gamma = sum / num_heads_total."""
+    scores, gamma_sum, _ = last_token_scores_batched(
+        queries, k_cache, block_table, plan, scale, reduce, False, backend
+    )
+    if all_reduce is not None:
+        gamma_sum = all_reduce(gamma_sum)
+    heads = num_heads_total or queries.shape[1]
+    gammas = (gamma_sum / heads).tolist()
+    fns = [rate_fn] * plan.batch if callable(rate_fn) else list(rate_fn)
+    rates = [float(fn(g)) for fn, g in zip(fns, gammas)]
+    keep, lengths = select_kept_batched(scores, plan, rates)
+    return LayerSelection(keep, lengths, gammas, rates)
+
+
+def score_and_select(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    block_ids: torch.Tensor,
+    prompt_len: int,
+    total_len: int,
+    images: Sequence[torch.Tensor],
+    scale: float,
+    rate_fn: RateFn,
+    reduce: str = "mean",
+    backend: str | None = None,
+) -> tuple[torch.Tensor, float, float]:
+    """One request (tensor parallel size 1): returns (keep (Hkv, L), gamma_l, r_l),
+    keep as `scoring.select_kept` gives it."""
+    plan = make_plan([images], [prompt_len], [total_len], k_cache.device)
+    sel = score_and_select_batched(
+        query[None], k_cache, block_ids[None], plan, scale, rate_fn, reduce, backend=backend
+    )
+    return sel.keep[0, :, : sel.lengths[0]], sel.gammas[0], sel.rates[0]
+
+
+# --------------------------------------------------------------------------- compaction
+
+
+def compact_batched_(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    keep: torch.Tensor,
+    lengths: Sequence[int] | torch.Tensor,
+    backend: str | None = None,
+    method: str = "inplace",
+) -> None:
+    """In place, per request b and KV head h: slot i <- position keep[b, h, i], i < L_b."""
+    if use_triton(k_cache, backend):
+        if not isinstance(lengths, torch.Tensor):
+            lengths = torch.tensor(list(lengths), dtype=torch.int32).to(keep.device, non_blocking=True)
+        _ops().compact_batched_(k_cache, v_cache, block_table, keep, lengths.to(torch.int32), method)
+        return
+    lens = lengths.tolist() if isinstance(lengths, torch.Tensor) else list(lengths)
+    for b, length in enumerate(lens):
+        compaction.compact_(k_cache, v_cache, block_table[b].long(), keep[b, :, :length])
+
+
+def compact_(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_ids: torch.Tensor,
+    keep: torch.Tensor,
+    backend: str | None = None,
+    method: str = "inplace",
+) -> None:
+    """`compaction.compact_` with the same arguments; Triton on CUDA."""
+    if use_triton(k_cache, backend):
+        lengths = torch.full((1,), keep.shape[1], dtype=torch.int32, device=keep.device)
+        _ops().compact_batched_(k_cache, v_cache, block_ids[None], keep[None], lengths, method)
+        return
+    compaction.compact_(k_cache, v_cache, block_ids, keep)
+
+
+# --------------------------------------------------------------------------- decode attention
+
+
+def paged_decode_attention(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    num_splits: int | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Decode attention (one query token per request) over a paged cache.
+    query (B, H, D); seq_lens (B,) int32. Torch path: gather + SDPA per request."""
+    if use_triton(k_cache, backend):
+        ops = _ops()
+        if num_splits is None and not query.is_cuda:
+            num_splits = 4
+        if num_splits is None:
+            props = torch.cuda.get_device_properties(query.device)
+            num_splits = ops.decode_splits(
+                query.shape[0], k_cache.shape[1], int(seq_lens.max()), props.multi_processor_count
+            )
+        return ops.paged_decode_attention(
+            query, k_cache, v_cache, block_table, seq_lens.to(torch.int32), scale, num_splits
+        )
+    out = torch.empty_like(query)
+    num_kv_heads = k_cache.shape[1]
+    group = query.shape[1] // num_kv_heads
+    for b, length in enumerate(seq_lens.tolist()):
+        ids = block_table[b].long()
+        k = compaction.gather(k_cache, ids, length).float()
+        v = compaction.gather(v_cache, ids, length).float()
+        q = query[b].float().view(num_kv_heads, group, -1)
+        p = torch.softmax(q @ k.transpose(1, 2) * scale, dim=-1)
+        out[b] = (p @ v).reshape(query.shape[1], -1).to(query.dtype)
+    return out

@@ -1,0 +1,472 @@
+"""Triton kernels for PLPHP's per-prefill work on paged KV caches.
+
+Imported only when Triton is available (see `vllm_plphp.gpu`); the torch
+functions in `vllm_plphp.scoring` / `vllm_plphp.compaction` are the oracle.
+
+Cache views are head-major and paged, any strides:
+    cache: (num_blocks, Hkv, block_size, D)
+(vLLM 0.32 FLASH_ATTN: kv_cache (nb, Hkv, bs, 2D), K = [..., :D], V = [..., D:],
+so K and V are strided views of one tensor; `kv_layout.cuda_views` makes them).
+A request's logical position p lives at (block_table[b, p // bs], p % bs).
+
+Kernels
+  _logits_kernel   gather keys + q.k (one program per (P tile, KV head, request)),
+                   writes scaled logits and per-tile softmax stats (max, sum exp).
+  _probs_kernel    normalizes with the combined stats (softmax over P), reduces the
+                   query group per KV head (mean/max) and writes per-tile partial
+                   vision sums for gamma_l (deterministic: no atomics).
+  _compact_kernel  in-place per-head compaction, one program per (head, D chunk,
+                   K/V, request) walking the slots in increasing order (see below).
+  _gather_kernel / _scatter_kernel   the two-pass compaction (copy out, copy back).
+  _decode_kernel / _decode_reduce_kernel   paged split-K decode attention
+                   (flash-decoding), used by the benchmarks.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+def _pow2(n: int, lo: int = 1) -> int:
+    return max(lo, triton.next_power_of_2(int(n)))
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@triton.jit
+def _logits_kernel(
+    q_ptr, sq_b, sq_h, sq_d,
+    k_ptr, sk_n, sk_h, sk_s, sk_d,
+    bt_ptr, sbt_b,
+    plen_ptr,
+    out_ptr, so_b, so_h, so_p,
+    tmax_ptr, tsum_ptr, st_b, st_h,
+    scale,
+    G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
+    USE_FP32: tl.constexpr,
+):
+    t = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    plen = tl.load(plen_ptr + b)
+    offs_g = tl.arange(0, BLOCK_G)
+    gmask = offs_g < G
+    heads = h * G + offs_g
+    start = t * BLOCK_P
+    if start >= plen:
+        tl.store(tmax_ptr + b * st_b + heads * st_h + t, tl.full([BLOCK_G], float("-inf"), tl.float32), mask=gmask)
+        tl.store(tsum_ptr + b * st_b + heads * st_h + t, tl.zeros([BLOCK_G], tl.float32), mask=gmask)
+        return
+    offs_p = start + tl.arange(0, BLOCK_P)
+    pmask = offs_p < plen
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    blk = tl.load(bt_ptr + b * sbt_b + offs_p // BS, mask=pmask, other=0).to(tl.int64)
+    slot = offs_p % BS
+    k = tl.load(
+        k_ptr + blk[:, None] * sk_n + h * sk_h + slot[:, None] * sk_s + offs_d[None, :] * sk_d,
+        mask=pmask[:, None] & dmask[None, :], other=0.0,
+    )
+    q = tl.load(
+        q_ptr + b * sq_b + heads[:, None] * sq_h + offs_d[None, :] * sq_d,
+        mask=gmask[:, None] & dmask[None, :], other=0.0,
+    )
+    if USE_FP32:
+        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    s = s * scale
+    s = tl.where(pmask[None, :], s, float("-inf"))
+    tl.store(
+        out_ptr + b * so_b + heads[:, None] * so_h + offs_p[None, :] * so_p, s,
+        mask=gmask[:, None] & pmask[None, :],
+    )
+    m = tl.max(s, axis=1)
+    l = tl.sum(tl.exp(s - m[:, None]), axis=1)
+    tl.store(tmax_ptr + b * st_b + heads * st_h + t, m, mask=gmask)
+    tl.store(tsum_ptr + b * st_b + heads * st_h + t, l, mask=gmask)
+
+
+@triton.jit
+def _probs_kernel(
+    lg_ptr, sl_b, sl_h, sl_p,
+    m_ptr, l_ptr, sm_b,
+    vis_ptr, sv_b,
+    plen_ptr,
+    sc_ptr, ss_b, ss_h, ss_p,
+    gpart_ptr, sg_b, sg_h,
+    G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr,
+    REDUCE_MAX: tl.constexpr, WRITE_PROBS: tl.constexpr,
+):
+    t = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    plen = tl.load(plen_ptr + b)
+    start = t * BLOCK_P
+    offs_p = start + tl.arange(0, BLOCK_P)
+    pmask = offs_p < plen
+    offs_g = tl.arange(0, BLOCK_G)
+    gmask = offs_g < G
+    heads = h * G + offs_g
+    if start >= plen:
+        tl.store(gpart_ptr + b * sg_b + h * sg_h + t, 0.0)
+        return
+    mask2 = gmask[:, None] & pmask[None, :]
+    x = tl.load(lg_ptr + b * sl_b + heads[:, None] * sl_h + offs_p[None, :] * sl_p, mask=mask2, other=float("-inf"))
+    m = tl.load(m_ptr + b * sm_b + heads, mask=gmask, other=0.0)
+    den = tl.load(l_ptr + b * sm_b + heads, mask=gmask, other=1.0)
+    p = tl.exp(x - m[:, None]) / den[:, None]
+    p = tl.where(mask2, p, 0.0)
+    if WRITE_PROBS:  # in place over the logits (same tile, same program)
+        tl.store(lg_ptr + b * sl_b + heads[:, None] * sl_h + offs_p[None, :] * sl_p, p, mask=mask2)
+    vis = tl.load(vis_ptr + b * sv_b + offs_p, mask=pmask, other=0)
+    gsum = tl.sum(tl.sum(tl.where((vis != 0)[None, :], p, 0.0), axis=1), axis=0)
+    tl.store(gpart_ptr + b * sg_b + h * sg_h + t, gsum)
+    if REDUCE_MAX:
+        red = tl.max(tl.where(gmask[:, None], p, float("-inf")), axis=0)
+    else:
+        red = tl.sum(p, axis=0) / G
+    tl.store(sc_ptr + b * ss_b + h * ss_h + offs_p * ss_p, red, mask=pmask)
+
+
+def last_token_scores(
+    queries: torch.Tensor,
+    k_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    prompt_lens: torch.Tensor,
+    max_prompt_len: int,
+    vision_mask: torch.Tensor,
+    scale: float,
+    reduce: str = "mean",
+    return_probs: bool = False,
+    block_p: int = 64,
+):
+    """Batched last-token scoring on a paged cache.
+
+    queries: (B, H, D); k_cache: (nb, Hkv, bs, D); block_table: (B, n) int;
+    prompt_lens: (B,) int32 on device; vision_mask: (B, >= max_prompt_len) int8/bool.
+    Returns (scores (B, Hkv, Pmax) f32, gamma_sum (B,) f32 = sum over all heads and
+    vision positions of the softmax probs, probs (B, H, Pmax) f32 or None).
+    Entries at positions >= a request's prompt length are undefined.
+    """
+    batch, num_heads, head_size = queries.shape
+    num_kv_heads, block_size = k_cache.shape[1], k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    pmax = int(max_prompt_len)
+    n_tiles = triton.cdiv(pmax, block_p)
+    dev = queries.device
+    logits = torch.empty(batch, num_heads, pmax, device=dev, dtype=torch.float32)
+    tmax = torch.empty(batch, num_heads, n_tiles, device=dev, dtype=torch.float32)
+    tsum = torch.empty_like(tmax)
+    use_fp32 = k_cache.dtype == torch.float32 or queries.dtype != k_cache.dtype
+    grid = (n_tiles, num_kv_heads, batch)
+    _logits_kernel[grid](
+        queries, *queries.stride(),
+        k_cache, *k_cache.stride(),
+        block_table, block_table.stride(0),
+        prompt_lens,
+        logits, *logits.stride(),
+        tmax, tsum, tmax.stride(0), tmax.stride(1),
+        float(scale),
+        G=group, D=head_size, BS=block_size,
+        BLOCK_G=_pow2(group, 16), BLOCK_D=_pow2(head_size, 16), BLOCK_P=block_p,
+        USE_FP32=use_fp32,
+        num_warps=4,
+    )
+    gmax = tmax.amax(dim=-1)
+    gden = (tsum * torch.exp(tmax - gmax[..., None])).sum(dim=-1)
+    scores = torch.empty(batch, num_kv_heads, pmax, device=dev, dtype=torch.float32)
+    gpart = torch.empty(batch, num_kv_heads, n_tiles, device=dev, dtype=torch.float32)
+    if vision_mask.dtype == torch.bool:
+        vision_mask = vision_mask.view(torch.int8)
+    _probs_kernel[grid](
+        logits, *logits.stride(),
+        gmax, gden, gmax.stride(0),
+        vision_mask, vision_mask.stride(0),
+        prompt_lens,
+        scores, *scores.stride(),
+        gpart, gpart.stride(0), gpart.stride(1),
+        G=group, BLOCK_G=_pow2(group, 1), BLOCK_P=block_p,
+        REDUCE_MAX=(reduce == "max"), WRITE_PROBS=return_probs,
+        num_warps=4,
+    )
+    gamma_sum = gpart.sum(dim=(1, 2))
+    return scores, gamma_sum, (logits if return_probs else None)
+
+
+# --------------------------------------------------------------------------- compaction
+
+
+@triton.jit
+def _compact_kernel(
+    c_ptr, s_n, s_h, s_s, s_d,
+    bt_ptr, sbt_b,
+    keep_ptr, skp_b, skp_h,
+    len_ptr,
+    D: tl.constexpr, BS: tl.constexpr, NUM_DC: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """In place: slot i of head h <- position keep[b, h, i], for i < lengths[b].
+
+    Safe against overlap because keep is ascending with keep[i] >= i, and each
+    (request, head, D chunk) is one program walking slot tiles in order:
+      * a tile [i0, i0+T) reads positions >= keep[i0] >= i0 and writes slots
+        [i0, i0+T); earlier tiles wrote only slots < i0, later tiles read only
+        positions >= i0+T, so no two tiles of a program touch the same entry
+        in conflicting order;
+      * inside a tile a read position may equal a written slot (another
+        thread's), hence the barrier between the tile's loads and stores.
+    Entries already in place (keep[i] == i, e.g. the text prefix) are skipped.
+    Programs of different heads / D chunks / requests touch disjoint bytes.
+    """
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    h = pid // NUM_DC
+    dc = pid % NUM_DC
+    length = tl.load(len_ptr + b)
+    offs_d = dc * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    base = c_ptr + h * s_h
+    for start in range(0, length, BLOCK_L):
+        offs = start + tl.arange(0, BLOCK_L)
+        m = offs < length
+        src = tl.load(keep_ptr + b * skp_b + h * skp_h + offs, mask=m, other=0)
+        move = m & (src != offs)
+        sblk = tl.load(bt_ptr + b * sbt_b + src // BS, mask=move, other=0).to(tl.int64)
+        dblk = tl.load(bt_ptr + b * sbt_b + offs // BS, mask=move, other=0).to(tl.int64)
+        mask2 = move[:, None] & dmask[None, :]
+        x = tl.load(base + sblk[:, None] * s_n + (src % BS)[:, None] * s_s + offs_d[None, :] * s_d, mask=mask2)
+        tl.debug_barrier()
+        tl.store(base + dblk[:, None] * s_n + (offs % BS)[:, None] * s_s + offs_d[None, :] * s_d, x, mask=mask2)
+        tl.debug_barrier()
+
+
+@triton.jit
+def _copy_kernel(
+    c_ptr, s_n, s_h, s_s, s_d,
+    t_ptr, st_b, st_h, st_l,
+    bt_ptr, sbt_b,
+    keep_ptr, skp_b, skp_h,
+    len_ptr,
+    D: tl.constexpr, BS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    TO_TMP: tl.constexpr,
+):
+    """Two-pass compaction, one pass: TO_TMP copies cache[keep[i]] -> tmp[i],
+    otherwise tmp[i] -> cache slot i (fully parallel; overlap-safe by the split)."""
+    t = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    length = tl.load(len_ptr + b)
+    start = t * BLOCK_L
+    if start >= length:
+        return
+    offs = start + tl.arange(0, BLOCK_L)
+    m = offs < length
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    mask2 = m[:, None] & dmask[None, :]
+    tmp = t_ptr + b * st_b + h * st_h + offs[:, None] * st_l + offs_d[None, :]
+    if TO_TMP:
+        src = tl.load(keep_ptr + b * skp_b + h * skp_h + offs, mask=m, other=0)
+        blk = tl.load(bt_ptr + b * sbt_b + src // BS, mask=m, other=0).to(tl.int64)
+        x = tl.load(c_ptr + blk[:, None] * s_n + h * s_h + (src % BS)[:, None] * s_s + offs_d[None, :] * s_d, mask=mask2)
+        tl.store(tmp, x, mask=mask2)
+    else:
+        blk = tl.load(bt_ptr + b * sbt_b + offs // BS, mask=m, other=0).to(tl.int64)
+        x = tl.load(tmp, mask=mask2)
+        tl.store(c_ptr + blk[:, None] * s_n + h * s_h + (offs % BS)[:, None] * s_s + offs_d[None, :] * s_d, x, mask=mask2)
+
+
+def compact_batched_(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    keep: torch.Tensor,
+    lengths: torch.Tensor,
+    method: str = "inplace",
+    block_l: int | None = None,
+    block_d: int | None = None,
+) -> None:
+    """keep: (B, Hkv, Lmax) ascending positions (padding beyond lengths[b] ignored);
+    lengths: (B,) int32 on device. Moves slot i of head h of request b to
+    keep[b, h, i] for i < lengths[b], in place, in both caches."""
+    batch, num_kv_heads, lmax = keep.shape
+    head_size, block_size = k_cache.shape[3], k_cache.shape[2]
+    if batch == 0 or lmax == 0:
+        return
+    if method == "inplace":
+        block_d = block_d or min(32, _pow2(head_size))
+        block_l = block_l or 128
+        num_dc = triton.cdiv(head_size, block_d)
+        grid = (num_kv_heads * num_dc, batch)
+        for cache in (k_cache, v_cache):
+            _compact_kernel[grid](
+                cache, *cache.stride(),
+                block_table, block_table.stride(0),
+                keep, keep.stride(0), keep.stride(1),
+                lengths,
+                D=head_size, BS=block_size, NUM_DC=num_dc,
+                BLOCK_L=block_l, BLOCK_D=block_d,
+                num_warps=4,
+            )
+        return
+    if method != "two_pass":
+        raise ValueError(f"unknown compaction method {method!r}")
+    block_l = block_l or 32
+    block_d = _pow2(head_size)
+    grid = (triton.cdiv(lmax, block_l), num_kv_heads, batch)
+    tmp = torch.empty(batch, num_kv_heads, lmax, head_size, device=keep.device, dtype=k_cache.dtype)
+    for cache in (k_cache, v_cache):
+        for to_tmp in (True, False):
+            _copy_kernel[grid](
+                cache, *cache.stride(),
+                tmp, tmp.stride(0), tmp.stride(1), tmp.stride(2),
+                block_table, block_table.stride(0),
+                keep, keep.stride(0), keep.stride(1),
+                lengths,
+                D=head_size, BS=block_size, BLOCK_L=block_l, BLOCK_D=block_d,
+                TO_TMP=to_tmp, num_warps=4,
+            )
+
+
+# --------------------------------------------------------------------------- decode attention
+
+
+@triton.jit
+def _decode_kernel(
+    q_ptr, sq_b, sq_h,
+    k_ptr, sk_n, sk_h, sk_s,
+    v_ptr, sv_n, sv_h, sv_s,
+    bt_ptr, sbt_b,
+    len_ptr,
+    po_ptr, spo_b, spo_h, spo_s,
+    pl_ptr, spl_b, spl_h,
+    scale,
+    G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
+):
+    """Split-K decode attention over a paged cache (last dim contiguous).
+    One program per (request, KV head, split): its query group against the
+    split's keys; partial outputs and log-sum-exp reduced by _decode_reduce."""
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    sp = tl.program_id(2)
+    seqlen = tl.load(len_ptr + b)
+    per = tl.cdiv(tl.cdiv(seqlen, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    lo = sp * per
+    hi = tl.minimum(lo + per, seqlen)
+    offs_g = tl.arange(0, BLOCK_G)
+    gmask = offs_g < G
+    heads = h * G + offs_g
+    offs_d = tl.arange(0, D)
+    q = tl.load(q_ptr + b * sq_b + heads[:, None] * sq_h + offs_d[None, :], mask=gmask[:, None], other=0.0)
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, D], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        offs = start + tl.arange(0, BLOCK_N)
+        nmask = offs < hi
+        blk = tl.load(bt_ptr + b * sbt_b + offs // BS, mask=nmask, other=0).to(tl.int64)
+        slot = offs % BS
+        k = tl.load(k_ptr + blk[:, None] * sk_n + h * sk_h + slot[:, None] * sk_s + offs_d[None, :], mask=nmask[:, None], other=0.0)
+        v = tl.load(v_ptr + blk[:, None] * sv_n + h * sv_h + slot[:, None] * sv_s + offs_d[None, :], mask=nmask[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * scale
+        s = tl.where(nmask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    lse = m_i + tl.log(l_i)  # -inf for an empty split
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(po_ptr + b * spo_b + heads[:, None] * spo_h + sp * spo_s + offs_d[None, :], out, mask=gmask[:, None])
+    tl.store(pl_ptr + b * spl_b + heads * spl_h + sp, lse, mask=gmask)
+
+
+@triton.jit
+def _decode_reduce_kernel(
+    po_ptr, spo_b, spo_h, spo_s,
+    pl_ptr, spl_b, spl_h,
+    o_ptr, so_b, so_h,
+    D: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    offs_s = tl.arange(0, BLOCK_S)
+    smask = offs_s < NUM_SPLITS
+    lse = tl.load(pl_ptr + b * spl_b + h * spl_h + offs_s, mask=smask, other=float("-inf"))
+    m = tl.max(lse, axis=0)
+    w = tl.exp(lse - m)
+    w = w / tl.sum(w, axis=0)
+    offs_d = tl.arange(0, D)
+    po = tl.load(po_ptr + b * spo_b + h * spo_h + offs_s[:, None] * spo_s + offs_d[None, :], mask=smask[:, None], other=0.0)
+    out = tl.sum(po * w[:, None], axis=0)
+    tl.store(o_ptr + b * so_b + h * so_h + offs_d, out.to(o_ptr.dtype.element_ty))
+
+
+def decode_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int = 132, block_n: int = 64) -> int:
+    """Splits so that about two waves of programs fill the GPU, none idle."""
+    want = triton.cdiv(2 * num_sms, max(1, batch * num_kv_heads))
+    return int(max(1, min(want, triton.cdiv(max_len, 4 * block_n), 64)))
+
+
+def paged_decode_attention(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    num_splits: int,
+    out: torch.Tensor | None = None,
+    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    block_n: int = 64,
+) -> torch.Tensor:
+    """query (B, H, D) -> (B, H, D); caches (nb, Hkv, bs, D) with contiguous last dim;
+    seq_lens (B,) int32 on device (CUDA-graph safe: nothing read on the host)."""
+    batch, num_heads, head_size = query.shape
+    num_kv_heads, block_size = k_cache.shape[1], k_cache.shape[2]
+    assert k_cache.stride(3) == 1 and v_cache.stride(3) == 1 and query.stride(2) == 1
+    assert head_size == _pow2(head_size), "decode kernel needs a power-of-two head size"
+    group = num_heads // num_kv_heads
+    if workspace is None:
+        po = torch.empty(batch, num_heads, num_splits, head_size, device=query.device, dtype=torch.float32)
+        pl = torch.empty(batch, num_heads, num_splits, device=query.device, dtype=torch.float32)
+    else:
+        po, pl = workspace
+    if out is None:
+        out = torch.empty_like(query)
+    _decode_kernel[(batch, num_kv_heads, num_splits)](
+        query, query.stride(0), query.stride(1),
+        k_cache, k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache, v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        block_table, block_table.stride(0),
+        seq_lens,
+        po, po.stride(0), po.stride(1), po.stride(2),
+        pl, pl.stride(0), pl.stride(1),
+        float(scale),
+        G=group, D=head_size, BS=block_size,
+        BLOCK_G=_pow2(group, 16), BLOCK_N=block_n, NUM_SPLITS=num_splits,
+        num_warps=4,
+    )
+    _decode_reduce_kernel[(batch, num_heads)](
+        po, po.stride(0), po.stride(1), po.stride(2),
+        pl, pl.stride(0), pl.stride(1),
+        out, out.stride(0), out.stride(1),
+        D=head_size, NUM_SPLITS=num_splits, BLOCK_S=_pow2(num_splits),
+        num_warps=4,
+    )
+    return out
+
+
+__all__ = [
+    "last_token_scores",
+    "compact_batched_",
+    "paged_decode_attention",
+    "decode_splits",
+]
