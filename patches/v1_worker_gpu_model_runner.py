@@ -1,23 +1,32 @@
-"""Target: vllm.v1.worker.gpu_model_runner.GPUModelRunner._prepare_inputs and
-.execute_model (inherited by the CPU model runner)
+"""Target: vllm.v1.worker.gpu_model_runner.GPUModelRunner._update_states,
+._prepare_inputs, .execute_model and .sample_tokens (inherited by the CPU runner)
 
 Why: the attention layers must know, in the step that reaches a request's last
 prompt token, which batch rows to prune, where the last prompt token sits in
-the flat batch and where each image's vision tokens are. Only the model runner
-holds the request states.
-How: `_prepare_inputs` is wrapped: before it, the step's prune targets are
-planned once (`vllm_plphp.plan.plan_step`) into the worker state; finished
-requests' records are retired. `execute_model` is wrapped to clear the targets
+the flat batch and where each image's vision tokens are; only the model runner
+holds the request states. And the scheduler must learn what was pruned.
+How: `_update_states`: before it, forget finished and preempted (resumed)
+requests' pruned counts. `_prepare_inputs`: before it, plan this step's prune
+targets once (`vllm_plphp.plan.plan_step`). `execute_model`: clear the targets
 when the step ends, so no other forward (dummy runs) can prune.
+`execute_model` / `sample_tokens`: attach this step's prune events to the
+ModelRunnerOutput as attribute `plphp_pruned` (it is pickled to the engine
+core with the rest of the output; see patches/v1_core_sched_scheduler.py).
 vLLM versions checked: 0.32.0.
-Remove when: vLLM passes request metadata to attention backends per step.
+Remove when: vLLM passes request metadata to attention backends per step and
+has a worker-to-scheduler channel for KV cache managers.
 """
 
+import copy
+
+from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, ModelRunnerOutput
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_plphp.patches import original, patch, plphp_selected
 from vllm_plphp.plan import plan_step
 from vllm_plphp.worker_state import STATE
+
+EVENTS_ATTR = "plphp_pruned"
 
 
 def _attach(runner) -> bool:
@@ -40,9 +49,15 @@ def _attach(runner) -> bool:
     return on
 
 
-def _prepare_inputs(self, scheduler_output, num_scheduled_tokens, *args, **kwargs):
+def _update_states(self, scheduler_output, *args, **kwargs):
     if _attach(self):
         STATE.finish(scheduler_output.finished_req_ids)
+        STATE.forget(scheduler_output.scheduled_cached_reqs.resumed_req_ids)
+    return original(GPUModelRunner, "_update_states")(self, scheduler_output, *args, **kwargs)
+
+
+def _prepare_inputs(self, scheduler_output, num_scheduled_tokens, *args, **kwargs):
+    if _attach(self):
         batch = self.input_batch
         num_reqs = batch.num_reqs
         STATE.targets = plan_step(
@@ -57,13 +72,29 @@ def _prepare_inputs(self, scheduler_output, num_scheduled_tokens, *args, **kwarg
     )
 
 
+def _with_events(output):
+    if not STATE.events or not isinstance(output, ModelRunnerOutput):
+        return output
+    if output is EMPTY_MODEL_RUNNER_OUTPUT:  # a shared singleton: never mutate it
+        output = copy.copy(output)
+    setattr(output, EVENTS_ATTR, STATE.events)
+    STATE.events = {}
+    return output
+
+
 def _execute_model(self, *args, **kwargs):
     try:
-        return original(GPUModelRunner, "execute_model")(self, *args, **kwargs)
+        return _with_events(original(GPUModelRunner, "execute_model")(self, *args, **kwargs))
     finally:
         STATE.targets = []
 
 
+def _sample_tokens(self, *args, **kwargs):
+    return _with_events(original(GPUModelRunner, "sample_tokens")(self, *args, **kwargs))
+
+
 def apply() -> None:
+    patch(GPUModelRunner, "_update_states", _update_states)
     patch(GPUModelRunner, "_prepare_inputs", _prepare_inputs)
     patch(GPUModelRunner, "execute_model", _execute_model)
+    patch(GPUModelRunner, "sample_tokens", _sample_tokens)

@@ -52,6 +52,7 @@ def prune_layer(impl, layer, query: torch.Tensor, kv_cache: torch.Tensor) -> Non
     layer_idx = layer_position(layer.layer_name)
     if base is None or not base.is_pruned_layer(layer_idx, STATE.num_layers):
         return
+    gid = STATE.layer_to_group[layer.layer_name]
     table = STATE.block_table_for(layer.layer_name)
     k_cache, v_cache = cache_views(impl, layer, kv_cache)
     device = kv_cache.device
@@ -85,7 +86,7 @@ def prune_layer(impl, layer, query: torch.Tensor, kv_cache: torch.Tensor) -> Non
         keep = scoring.select_kept(scores, images, rate, target.total_len)
         compaction.compact_(k_cache, v_cache, block_ids, keep)
         kept = keep.shape[1]
-        table.num_pruned[target.row] = target.total_len - kept
+        _commit(table, target, gid, kept)
         STATE.records.setdefault(target.req_id, {})[layer_idx] = LayerRecord(
             gamma=gamma,
             rate=rate,
@@ -94,3 +95,19 @@ def prune_layer(impl, layer, query: torch.Tensor, kv_cache: torch.Tensor) -> Non
             vision=int(vision.numel()),
             vision_kept=int(vision.numel()) - (target.total_len - kept),
         )
+
+
+def _commit(table, target, gid: int, kept: int) -> None:
+    """Record the layer's new length; drop the tail blocks from the worker's
+    copies of the request's block list (the block table row and the request
+    state), exactly as the scheduler's `PlphpLayerManager.prune` will."""
+    num_pruned = target.total_len - kept
+    table.num_pruned[target.row] = num_pruned
+    keep_blocks = -(-kept // table.block_size)
+    old = int(table.num_blocks_per_row[target.row])
+    if keep_blocks < old:
+        table.block_table.np[target.row, keep_blocks:old] = 0
+        table.num_blocks_per_row[target.row] = keep_blocks
+        del STATE.runner.requests[target.req_id].block_ids[gid][keep_blocks:]
+    STATE.pruned.setdefault(target.req_id, {})[gid] = num_pruned
+    STATE.events.setdefault(target.req_id, {})[gid] = (num_pruned, target.total_len)

@@ -35,6 +35,11 @@ class WorkerState:
     num_layers: int = 0  # decoder layers of the language model
     layer_to_group: dict[str, int] = field(default_factory=dict)
     targets: list[PruneTarget] = field(default_factory=list)
+    # req_id -> {group id: entries pruned}; re-applied when a request re-enters
+    # the batch, dropped when it finishes or is preempted (it re-prefills)
+    pruned: dict[str, dict[int, int]] = field(default_factory=dict)
+    # this step's prunes for the scheduler: req_id -> {group id: (pruned, T)}
+    events: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)
     # req_id -> {layer_index: LayerRecord}; finished requests move to `finished`
     records: dict[str, dict[int, LayerRecord]] = field(default_factory=dict)
     finished: OrderedDict = field(default_factory=OrderedDict)
@@ -48,7 +53,13 @@ class WorkerState:
             return None
         return self.runner.input_batch.block_table[gid]
 
+    def forget(self, req_ids) -> None:
+        """Preempted requests: their cache is rebuilt and pruned again."""
+        for req_id in req_ids:
+            self.pruned.pop(req_id, None)
+
     def finish(self, req_ids) -> None:
+        self.forget(req_ids)
         for req_id in req_ids:
             rec = self.records.pop(req_id, None)
             if rec is not None:

@@ -203,7 +203,7 @@ def last_token_scores(
 
 @triton.jit
 def _compact_kernel(
-    c_ptr, s_n, s_h, s_s, s_d,
+    c_ptr, kv_off, s_n, s_h, s_s, s_d,
     bt_ptr, sbt_b,
     keep_ptr, skp_b, skp_h,
     len_ptr,
@@ -212,8 +212,10 @@ def _compact_kernel(
 ):
     """In place: slot i of head h <- position keep[b, h, i], for i < lengths[b].
 
-    Safe against overlap because keep is ascending with keep[i] >= i, and each
-    (request, head, D chunk) is one program walking slot tiles in order:
+    Grid (Hkv * NUM_DC, number of caches, B); cache c starts at c_ptr + c * kv_off
+    (K and V share strides). Safe against overlap because keep is ascending with
+    keep[i] >= i, and each (request, head, D chunk, cache) is one program walking
+    slot tiles in order:
       * a tile [i0, i0+T) reads positions >= keep[i0] >= i0 and writes slots
         [i0, i0+T); earlier tiles wrote only slots < i0, later tiles read only
         positions >= i0+T, so no two tiles of a program touch the same entry
@@ -221,16 +223,17 @@ def _compact_kernel(
       * inside a tile a read position may equal a written slot (another
         thread's), hence the barrier between the tile's loads and stores.
     Entries already in place (keep[i] == i, e.g. the text prefix) are skipped.
-    Programs of different heads / D chunks / requests touch disjoint bytes.
+    Programs of different heads / D chunks / caches / requests touch disjoint bytes.
     """
     pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    c = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
     h = pid // NUM_DC
     dc = pid % NUM_DC
     length = tl.load(len_ptr + b)
     offs_d = dc * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = offs_d < D
-    base = c_ptr + h * s_h
+    base = c_ptr + c.to(tl.int64) * kv_off + h * s_h
     for start in range(0, length, BLOCK_L):
         offs = start + tl.arange(0, BLOCK_L)
         m = offs < length
@@ -299,13 +302,18 @@ def compact_batched_(
     if batch == 0 or lmax == 0:
         return
     if method == "inplace":
-        block_d = block_d or min(32, _pow2(head_size))
-        block_l = block_l or 128
+        block_d = block_d or min(16, _pow2(head_size))
+        block_l = block_l or 256
         num_dc = triton.cdiv(head_size, block_d)
-        grid = (num_kv_heads * num_dc, batch)
-        for cache in (k_cache, v_cache):
-            _compact_kernel[grid](
-                cache, *cache.stride(),
+        esize = k_cache.element_size()
+        delta = v_cache.data_ptr() - k_cache.data_ptr()
+        if k_cache.stride() == v_cache.stride() and v_cache.dtype == k_cache.dtype and delta % esize == 0:
+            launches = [(k_cache, delta // esize, 2)]  # one launch, K and V
+        else:
+            launches = [(k_cache, 0, 1), (v_cache, 0, 1)]
+        for cache, kv_off, n_caches in launches:
+            _compact_kernel[(num_kv_heads * num_dc, n_caches, batch)](
+                cache, kv_off, *cache.stride(),
                 block_table, block_table.stride(0),
                 keep, keep.stride(0), keep.stride(1),
                 lengths,
@@ -348,6 +356,7 @@ def _decode_kernel(
     scale,
     G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    USE_IEEE: tl.constexpr,
 ):
     """Split-K decode attention over a paged cache (last dim contiguous).
     One program per (request, KV head, split): its query group against the
@@ -374,13 +383,19 @@ def _decode_kernel(
         slot = offs % BS
         k = tl.load(k_ptr + blk[:, None] * sk_n + h * sk_h + slot[:, None] * sk_s + offs_d[None, :], mask=nmask[:, None], other=0.0)
         v = tl.load(v_ptr + blk[:, None] * sv_n + h * sv_h + slot[:, None] * sv_s + offs_d[None, :], mask=nmask[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale
+        if USE_IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        else:
+            s = tl.dot(q, tl.trans(k)) * scale
         s = tl.where(nmask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        if USE_IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     lse = m_i + tl.log(l_i)  # -inf for an empty split
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
@@ -452,6 +467,7 @@ def paged_decode_attention(
         float(scale),
         G=group, D=head_size, BS=block_size,
         BLOCK_G=_pow2(group, 16), BLOCK_N=block_n, NUM_SPLITS=num_splits,
+        USE_IEEE=(k_cache.dtype == torch.float32),
         num_warps=4,
     )
     _decode_reduce_kernel[(batch, num_heads)](
