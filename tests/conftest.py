@@ -61,3 +61,43 @@ def qwen2_vl_path() -> str:
     from vllm_plphp.fixtures import build_fixture
 
     return build_fixture("qwen2_vl", "tiny", progress=False)
+
+
+def make_inprocess_llm(path: str, backend: str | None = None, plphp: dict | None = None, **kw):
+    """An LLM whose engine core (scheduler, block pool) lives in this process,
+    so tests can read the block pool. The worker runs in its own process ("mp"
+    executor): worker state is per process, one worker per process."""
+    old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    kw.setdefault("distributed_executor_backend", "mp")
+    try:
+        return make_llm(path, backend, plphp, **kw)
+    finally:
+        if old is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = old
+
+
+def scheduler_of(llm):
+    return llm.llm_engine.engine_core.engine_core.scheduler
+
+
+def run_steps(llm, schedule: dict[int, list], params, abort_at: dict[int, list] | None = None):
+    """Drive the engine step by step. schedule: {step: [(req_id, prompt), ...]}
+    adds requests before that step; abort_at: {step: [req_id, ...]}.
+    Returns ({req_id: token ids}, [free blocks after each step])."""
+    engine = llm.llm_engine
+    pool = scheduler_of(llm).kv_cache_manager.block_pool
+    outputs, free, step = {}, [], 0
+    while step in schedule or step in (abort_at or {}) or engine.has_unfinished_requests() or step < max(schedule, default=0):
+        for req_id, prompt in schedule.get(step, []):
+            engine.add_request(req_id, prompt, params)
+        if abort_at and step in abort_at:
+            engine.abort_request(abort_at[step])
+        for out in engine.step():
+            if out.finished:
+                outputs[out.request_id] = list(out.outputs[0].token_ids)
+        free.append(pool.get_num_free_blocks())
+        step += 1
+    return outputs, free

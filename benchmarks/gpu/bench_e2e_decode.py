@@ -270,9 +270,21 @@ def hf_cache(kvs):
     return c
 
 
-@torch.inference_mode()
-def hf_decode(model, kvs, first, prompt_len, steps):
-    """HF's own eager decode loop (batch 1). Returns (wall ms per token, tokens, first-step logits)."""
+def hf_decode(model, kvs, first, prompt_len, steps, sdpa_backends=None):
+    """HF's own eager decode loop (batch 1). Returns (wall ms per token, tokens, first-step logits).
+    sdpa_backends: restrict torch SDPA to these backends (None: torch's own choice)."""
+    import contextlib
+
+    ctx = contextlib.nullcontext()
+    if sdpa_backends:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        ctx = sdpa_kernel([getattr(SDPBackend, b) for b in sdpa_backends])
+    with ctx, torch.inference_mode():
+        return _hf_decode(model, kvs, first, prompt_len, steps)
+
+
+def _hf_decode(model, kvs, first, prompt_len, steps):
     cache = hf_cache(kvs)
     dev = kvs[0][0].device
     tok = torch.tensor([[first]], device=dev)
@@ -373,6 +385,15 @@ def main():
         except Exception as exc:  # record, keep going
             hf[mode] = dict(error=repr(exc))
         print("hf eager", mode, {k: v for k, v in hf[mode].items() if k != "logits"}, flush=True)
+        if device == "cuda":
+            try:
+                ms2, toks2, _ = hf_decode(model, kvs, reqs[0][2], plen, args.hf_steps,
+                                          ["FLASH_ATTENTION", "EFFICIENT_ATTENTION"])
+                hf[mode]["ms_per_token_flash_or_efficient_sdpa"] = ms2
+            except Exception as exc:
+                hf[mode]["flash_error"] = repr(exc)
+            print("hf eager (flash/efficient SDPA only)", mode,
+                  hf[mode].get("ms_per_token_flash_or_efficient_sdpa", hf[mode].get("flash_error")), flush=True)
 
     res["decode"] = []
     for batch in batches:
@@ -439,7 +460,8 @@ def summarize(res):
                      f"{r.get('first_step_logits_rel_err_vs_hf', '-')} |")
     lines.append("")
     for mode, h in res.get("hf_eager", {}).items():
-        lines.append(f"HF eager decode, batch 1, {mode}: {h.get('ms_per_token', h.get('error'))} ms/token")
+        lines.append(f"HF eager decode, batch 1, {mode}: {h.get('ms_per_token', h.get('error'))} ms/token; "
+                     f"SDPA restricted to flash/efficient: {h.get('ms_per_token_flash_or_efficient_sdpa', '-')}")
     return "\n".join(lines)
 
 

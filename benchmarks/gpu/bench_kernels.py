@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import math
+import statistics
 
 import torch
 
@@ -36,8 +37,8 @@ from bench_common import (
 )
 from vllm_plphp.config import PlphpConfig
 from vllm_plphp.gpu import (
-    compact_batched_, last_token_scores_batched, make_plan, paged_decode_attention,
-    score_and_select_batched, select_kept_batched,
+    compact_batched_, last_token_scores_batched, layer_rates, make_plan, paged_decode_attention,
+    prune_layer_batched_, score_and_select_batched, select_kept_device,
 )
 
 NUM_LAYERS, PRUNED_LAYERS, UNPRUNED_LAYERS = 28, 25, 3
@@ -57,11 +58,13 @@ def make_pool(batch, plen, hkv, d, bs, dtype, device, seed):
 
 
 def bench_kernels(args, device, dtype, peak):
+    """Per pruned layer, batched over B requests: device time of each stage and of the
+    whole sync-free pipeline (CUDA graph), eager wall time (CPU launch cost, not
+    overlapped), and the torch-fallback wall time (per-request loops, host syncs)."""
     H, HKV, D, BS = args.heads, args.kv_heads, args.head_size, 16
     scale = D ** -0.5
     cfg = PlphpConfig()
     rows = []
-    backends = ["triton", "torch"] if device == "cuda" else ["torch"]
     for n_img, s_img in parse_configs(args.configs):
         plen, spans = prompt_layout(n_img, s_img)
         images = [torch.arange(a, a + n) for a, n in spans]
@@ -72,51 +75,57 @@ def bench_kernels(args, device, dtype, peak):
                 continue
             kv, k, v, table = make_pool(batch, plen, HKV, D, BS, dtype, device, seed=batch)
             q = torch.randn(batch, H, D, dtype=dtype, device=device)
-            plan_ms = wall_ms(lambda: make_plan([images] * batch, [plen] * batch, None, device), reps=3, warmup=1)
-            plan = make_plan([images] * batch, [plen] * batch, None, device)
-            for backend in backends:
-                reps = 3 if backend == "torch" and batch > 8 else 10
-                t_scores = device_ms(lambda: last_token_scores_batched(q, k, table, plan, scale, backend=backend))
-                sel = score_and_select_batched(q, k, table, plan, scale, cfg.layer_rate, backend=backend)
-                scores, _, _ = last_token_scores_batched(q, k, table, plan, scale, backend=backend)
-                t_select = wall_ms(lambda: select_kept_batched(scores, plan, sel.rates), reps=reps)
-                lens_dev = sel.lengths_dev()
-                t_compact = device_ms(lambda: compact_batched_(k, v, table, sel.keep, lens_dev, backend=backend))
-                t_compact2 = None
-                if backend == "triton":
-                    t_compact2 = device_ms(
-                        lambda: compact_batched_(k, v, table, sel.keep, lens_dev, backend=backend, method="two_pass"))
+            plan_ms = wall_ms(lambda: make_plan([images] * batch, [plen] * batch, None, device, cfg), reps=3, warmup=1)
+            plan = make_plan([images] * batch, [plen] * batch, None, device, cfg)
+            row = dict(images=n_img, image_tokens=s_img, prompt_len=plen, batch=batch, plan_ms=plan_ms)
+            if device == "cuda":
+                res = prune_layer_batched_(q, k, v, table, plan, scale)
+                lengths = res.lengths.tolist()
+                row.update(gamma=round(float(res.gammas[0]), 4), rate=float(res.rates[0]), kept_len=lengths[0])
+                scores, gsum, _ = last_token_scores_batched(q, k, table, plan, scale)
 
-                def layer():
-                    s = score_and_select_batched(q, k, table, plan, scale, cfg.layer_rate, backend=backend)
-                    compact_batched_(k, v, table, s.keep, s.lengths, backend=backend)
+                def select():
+                    return select_kept_device(scores, plan, layer_rates(gsum / H, plan))
 
-                t_layer = wall_ms(layer, reps=reps)
-                L = sel.lengths[0]
-                slots = torch.arange(sel.keep.shape[-1], device=device)
-                moved = int((sel.keep != slots).logical_and(sel.keep >= 0).sum())
+                row["scores_ms"] = device_ms(lambda: last_token_scores_batched(q, k, table, plan, scale), cuda_graph=True)
+                row["select_ms"] = device_ms(select, cuda_graph=True)
+                keep, lens_dev = select()
+                row["compact_ms"] = device_ms(lambda: compact_batched_(k, v, table, keep, lens_dev))
+                row["compact_two_pass_ms"] = device_ms(
+                    lambda: compact_batched_(k, v, table, keep, lens_dev, method="two_pass"))
+                row["layer_device_ms"] = device_ms(
+                    lambda: prune_layer_batched_(q, k, v, table, plan, scale), cuda_graph=True)
+                row["layer_eager_wall_ms"] = wall_ms(lambda: prune_layer_batched_(q, k, v, table, plan, scale))
+                row["per_request_all_layers_device_ms"] = row["layer_device_ms"] * PRUNED_LAYERS / batch
+                slots = torch.arange(keep.shape[-1], device=device)
+                moved = int(((keep != slots) & (keep >= 0)).sum())
                 esize = k.element_size()
                 key_bytes = batch * HKV * plen * D * esize
-                aux_bytes = batch * H * plen * 4 * 3 + batch * HKV * plen * 4  # logits w+r, probs, scores
                 comp_bytes = 2 * moved * D * esize * 2  # K and V, read + write
-                row = dict(
-                    images=n_img, image_tokens=s_img, prompt_len=plen, batch=batch, backend=backend,
-                    gamma=round(sel.gammas[0], 4), rate=sel.rates[0], kept_len=L,
-                    plan_ms=plan_ms, scores_ms=t_scores, select_ms=t_select, compact_ms=t_compact,
-                    compact_two_pass_ms=t_compact2, layer_wall_ms=t_layer,
-                    per_request_all_layers_ms=t_layer * PRUNED_LAYERS / batch,
-                    scores_key_gbs=key_bytes / t_scores / 1e6,
-                    scores_all_gbs=(key_bytes + aux_bytes) / t_scores / 1e6,
-                    compact_gbs=comp_bytes / t_compact / 1e6,
-                    compact_two_pass_gbs=(comp_bytes / t_compact2 / 1e6) if t_compact2 else None,
+                row.update(
                     moved_entries=moved,
+                    scores_key_gbs=key_bytes / row["scores_ms"] / 1e6,
+                    compact_gbs=comp_bytes / row["compact_ms"] / 1e6,
+                    compact_two_pass_gbs=comp_bytes / row["compact_two_pass_ms"] / 1e6,
                 )
                 if peak:
                     row["scores_key_pct_peak"] = 100 * row["scores_key_gbs"] / peak
                     row["compact_pct_peak"] = 100 * row["compact_gbs"] / peak
-                rows.append(row)
-                print({k_: (round(v_, 4) if isinstance(v_, float) else v_) for k_, v_ in row.items()}, flush=True)
-            del kv, k, v, table, q, plan
+                del scores, gsum, keep, lens_dev, res
+
+            def torch_layer():
+                sel = score_and_select_batched(q, k, table, plan, scale, cfg.layer_rate, backend="torch")
+                compact_batched_(k, v, table, sel.keep, sel.lengths, backend="torch")
+                return sel
+
+            sel = torch_layer()
+            if "kept_len" not in row:
+                row.update(gamma=round(sel.gammas[0], 4), rate=sel.rates[0], kept_len=sel.lengths[0])
+            row["torch_layer_wall_ms"] = wall_ms(torch_layer, reps=3 if batch > 8 else 6, warmup=1)
+            row["torch_per_request_all_layers_ms"] = row["torch_layer_wall_ms"] * PRUNED_LAYERS / batch
+            rows.append(row)
+            print({k_: (round(v_, 4) if isinstance(v_, float) else v_) for k_, v_ in row.items()}, flush=True)
+            del kv, k, v, table, q, plan, sel
             gc.collect()
             if device == "cuda":
                 torch.cuda.empty_cache()
@@ -183,21 +192,86 @@ def bench_decode(args, device, dtype, peak):
     return rows
 
 
+def install_pruning(model, images, plen, cfg):
+    """Forward hooks running the sync-free PLPHP pipeline on each pruned layer's
+    HF DynamicCache right after the layer's attention wrote it (the cache of one
+    request, (1, Hkv, P, D), is one paged block of P slots). Returns (hooks, results)."""
+    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+    mc = model.config
+    H, D = mc.num_attention_heads, mc.hidden_size // mc.num_attention_heads
+    n = mc.num_hidden_layers
+    dev = next(model.parameters()).device
+    table = torch.zeros(1, 1, dtype=torch.int32, device=dev)
+    state = dict(results=[], plan=None)
+    hooks = []
+
+    def pre(module, args, kwargs):
+        cos, sin = kwargs["position_embeddings"]
+        state["last"] = (kwargs["hidden_states"][:, -1:], cos[:, -1:], sin[:, -1:])
+
+    def post(layer_idx):
+        def fn(module, args, kwargs, output):
+            hs, cos, sin = state["last"]
+            q = module.q_proj(hs).view(1, 1, H, D).transpose(1, 2)
+            q, _ = apply_rotary_pos_emb(q, q, cos, sin)
+            if state["plan"] is None:
+                state["plan"] = make_plan([images], [plen], None, dev, cfg)
+            layer = kwargs["past_key_values"].layers[layer_idx]
+            state["results"].append(prune_layer_batched_(
+                q[:, :, 0].contiguous(), layer.keys, layer.values, table, state["plan"], D ** -0.5))
+        return fn
+
+    for i, layer in enumerate(model.model.layers):
+        if cfg.is_pruned_layer(i, n):
+            hooks.append(layer.self_attn.register_forward_pre_hook(pre, with_kwargs=True))
+            hooks.append(layer.self_attn.register_forward_hook(post(i), with_kwargs=True))
+    return hooks, state
+
+
 def bench_prefill(args, device, dtype):
+    """Prefill of one request (batch 1) by HF Qwen2 (7B shape, random weights, SDPA),
+    plain and with the PLPHP pipeline hooked into every pruned layer (sync-free:
+    the CPU launches the pruning kernels while the GPU still runs the layer's
+    matmuls; one host sync at the end reads the kept lengths, as a step would)."""
     model = build_qwen2(args.smoke, device, dtype)
     hidden = model.config.hidden_size
+    cfg = PlphpConfig()
     rows = []
     for n_img, s_img in parse_configs(args.configs):
-        plen, _ = prompt_layout(n_img, s_img)
+        plen, spans = prompt_layout(n_img, s_img)
+        images = [torch.arange(a, a + n) for a, n in spans]
         x = torch.randn(1, plen, hidden, dtype=dtype, device=device) * 0.02
+        last = {}
 
-        def run():
-            with torch.inference_mode():
-                out = model(inputs_embeds=x, use_cache=True, logits_to_keep=1)
+        def run(prune):
+            hooks, state = install_pruning(model, images, plen, cfg) if prune else ([], None)
+            try:
+                with torch.inference_mode():
+                    out = model(inputs_embeds=x, use_cache=True, logits_to_keep=1)
+                    if prune:
+                        last["lengths"] = torch.stack([r.lengths for r in state["results"]]).cpu()
+                        last["rates"] = torch.stack([r.rates for r in state["results"]]).cpu()
+                        last["gammas"] = torch.stack([r.gammas for r in state["results"]]).cpu()
+            finally:
+                for h in hooks:
+                    h.remove()
             return out.logits
 
-        ms = wall_ms(run, reps=args.prefill_reps, warmup=1)
-        rows.append(dict(images=n_img, image_tokens=s_img, prompt_len=plen, prefill_ms=ms))
+        plain, pruned = [], []
+        run(False), run(True)  # warm-up (Triton compiles for this P)
+        for _ in range(args.prefill_reps):  # interleaved, to share drifts
+            plain.append(wall_ms(lambda: run(False), reps=1, warmup=0))
+            pruned.append(wall_ms(lambda: run(True), reps=1, warmup=0))
+        p0, p1 = statistics.median(plain), statistics.median(pruned)
+        rates = last["rates"][:, 0].tolist()
+        rows.append(dict(
+            images=n_img, image_tokens=s_img, prompt_len=plen, prefill_ms=p0, prefill_with_pruning_ms=p1,
+            overhead_pct=100 * (p1 - p0) / p0, plain_runs=plain, pruned_runs=pruned,
+            rate_mix={str(r): rates.count(r) for r in sorted(set(rates))},
+            gamma_range=[float(last["gammas"].min()), float(last["gammas"].max())],
+            kept_lens=sorted(set(last["lengths"][:, 0].tolist())),
+        ))
         print(rows[-1], flush=True)
         del x
         if device == "cuda":
@@ -211,20 +285,34 @@ def bench_prefill(args, device, dtype):
 
 def summarize(res):
     lines = []
-    pre = {r["prompt_len"]: r["prefill_ms"] for r in res.get("prefill", [])}
-    lines.append("| images x tokens | P | batch | backend | L (r_l) | scores ms | select ms | compact ms (2-pass) "
-                 "| layer wall ms | per request, 25 layers ms | prefill ms | share of prefill | scores GB/s (key) "
-                 "| compact GB/s |")
+    pre = {r["prompt_len"]: r for r in res.get("prefill", [])}
+    lines.append("Prefill (batch 1, HF Qwen2-7B shape) plain vs with the sync-free PLPHP pipeline hooked into "
+                 "the 25 pruned layers:")
+    lines.append("| images x tokens | P | prefill ms | with pruning ms | overhead | r_l mix | kept L |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for r in res.get("prefill", []):
+        lines.append(f"| {r['images']}x{r['image_tokens']} | {r['prompt_len']} | {r['prefill_ms']:.1f} | "
+                     f"{r['prefill_with_pruning_ms']:.1f} | {r['overhead_pct']:.2f}% | {r['rate_mix']} | "
+                     f"{r['kept_lens']} |")
+    lines.append("")
+    lines.append("| images x tokens | P | batch | L (r_l) | scores ms | select ms | compact ms (2-pass) "
+                 "| layer, device ms | layer, eager wall ms | per request 25 layers, device ms | share of prefill "
+                 "| scores GB/s (key) | compact GB/s | torch fallback per request ms |")
     lines.append("|" + "---|" * 14)
     for r in res.get("kernels", []):
-        p = pre.get(r["prompt_len"])
-        share = f"{100 * r['per_request_all_layers_ms'] / p:.2f}%" if p else "-"
-        c2 = f" ({r['compact_two_pass_ms']:.3f})" if r.get("compact_two_pass_ms") else ""
-        lines.append(
-            f"| {r['images']}x{r['image_tokens']} | {r['prompt_len']} | {r['batch']} | {r['backend']} | "
-            f"{r['kept_len']} ({r['rate']}) | {r['scores_ms']:.3f} | {r['select_ms']:.3f} | {r['compact_ms']:.3f}{c2} | "
-            f"{r['layer_wall_ms']:.3f} | {r['per_request_all_layers_ms']:.3f} | {p if p is None else round(p, 1)} | "
-            f"{share} | {r['scores_key_gbs']:.0f} | {r['compact_gbs']:.0f} |")
+        p = pre.get(r["prompt_len"], {}).get("prefill_ms")
+        if "layer_device_ms" in r:
+            share = f"{100 * r['per_request_all_layers_device_ms'] / p:.2f}%" if p else "-"
+            lines.append(
+                f"| {r['images']}x{r['image_tokens']} | {r['prompt_len']} | {r['batch']} | "
+                f"{r['kept_len']} ({r['rate']}) | {r['scores_ms']:.3f} | {r['select_ms']:.3f} | "
+                f"{r['compact_ms']:.3f} ({r['compact_two_pass_ms']:.3f}) | {r['layer_device_ms']:.3f} | "
+                f"{r['layer_eager_wall_ms']:.3f} | {r['per_request_all_layers_device_ms']:.3f} | {share} | "
+                f"{r['scores_key_gbs']:.0f} | {r['compact_gbs']:.0f} | {r['torch_per_request_all_layers_ms']:.2f} |")
+        else:
+            lines.append(f"| {r['images']}x{r['image_tokens']} | {r['prompt_len']} | {r['batch']} | "
+                         f"{r['kept_len']} ({r['rate']}) | - | - | - | - | - | - | - | - | - | "
+                         f"{r['torch_per_request_all_layers_ms']:.2f} |")
     lines.append("")
     lines.append("| images x tokens | batch | full L | decode attn, 28 layers, full ms | r_l=0.7 ms (ratio) "
                  "| r_l=0.4 ms (ratio) | full-cache GB/s | SDPA dense full, 1 layer ms | Triton 1 layer ms |")
@@ -244,7 +332,7 @@ def main():
     ap.add_argument("--configs", default="1x1200,2x3000,4x7000", help="IMAGESxTOKENS,...")
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--max-pool-gib", type=float, default=8.0)
-    ap.add_argument("--prefill-reps", type=int, default=3)
+    ap.add_argument("--prefill-reps", type=int, default=5)
     ap.add_argument("--skip", default="", help="comma list of: kernels,decode,prefill")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, torch fallback")
     ap.add_argument("--out", default="")

@@ -23,8 +23,10 @@ from vllm_plphp.gpu import (
     compact_,
     compact_batched_,
     last_token_scores_batched,
+    kept_counts_device,
     make_plan,
     paged_decode_attention,
+    prune_layer_batched_,
     score_and_select,
     score_and_select_batched,
     select_kept_batched,
@@ -140,6 +142,68 @@ def check_score_and_select(device="cpu", dtype=torch.float32, backend=None, seed
     _assert_same_up_to_ties(keep, ref, scoring.kv_head_scores(probs, num_kv_heads))
 
 
+def check_kept_counts_device(device="cpu", seed=0):
+    """Device K_j / L rule == host `scoring.num_kept` rule, boundary cases included."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = [[10, 3, 1], [7000, 1234], [576], [], [5, 0]]
+    plens = [max(1, sum(r) + 5) for r in sizes]
+    images = [[torch.arange(sum(r[:j]), sum(r[:j]) + n) for j, n in enumerate(r)] for r in sizes]
+    plan = make_plan(images, plens, [p + 2 for p in plens], device)
+    for rates in ([0.7, 0.4, 0.1, 1.0, 0.3], [0.1 * i for i in (1, 3, 7, 5, 9)],
+                  torch.rand(5, generator=gen, dtype=torch.float64).tolist()):
+        k_dev, l_dev = kept_counts_device(plan, torch.tensor(rates, dtype=torch.float64, device=device))
+        k_host, l_host = plan.kept_counts(rates)
+        assert l_dev.tolist() == l_host, (rates, l_dev.tolist(), l_host)
+        for b, r in enumerate(k_host):
+            assert k_dev[b, : len(r)].tolist() == r
+
+
+def check_prune_layer(device="cpu", dtype=torch.float32, backend=None, seed=0, num_heads=8, num_kv_heads=2,
+                      head_size=64, block_size=16, max_prompt=400, reduce="mean"):
+    """The sync-free device pipeline (scores, gamma, device r_l, select, compact)
+    against the oracle pipeline, per-request configs covering all three r_l cases."""
+    gen = torch.Generator().manual_seed(seed)
+    batch = 4
+    plens = torch.randint(60, max_prompt, (batch,), generator=gen).tolist()
+    images, totals = make_requests(gen, plens, [2, 1, 3, 2], extra=2)
+    kv, k, v, table = paged_batch(gen, device, dtype, totals, num_kv_heads, head_size, block_size)
+    q = torch.randn(batch, num_heads, head_size, generator=gen).to(device, dtype)
+    cfgs = [PlphpConfig(), PlphpConfig(alpha=0.95, beta=0.9), PlphpConfig(alpha=0.01, beta=0.0),
+            PlphpConfig(r=0.3, delta_r=0.2)]
+    scale = head_size ** -0.5
+    plan = make_plan(images, plens, totals, device, configs=cfgs)
+    k0, v0 = k.clone(), v.clone()
+    res = prune_layer_batched_(q, k, v, table, plan, scale, reduce, backend=backend)
+    lengths = res.lengths.tolist()
+    for b in range(batch):
+        ids = table[b].long()
+        probs = scoring.last_token_attention(q[b], compaction.gather(k0, ids, plens[b]), scale)
+        imgs = [p.to(device) for p in images[b]]
+        gamma = scoring.vision_score(probs, torch.cat(imgs)) if imgs else 0.0
+        assert abs(float(res.gammas[b]) - gamma) < 1e-4, (b, float(res.gammas[b]), gamma)
+        rate = cfgs[b].layer_rate(gamma)
+        assert float(res.rates[b]) == rate, (b, float(res.rates[b]), rate)
+        sc = scoring.kv_head_scores(probs, num_kv_heads, reduce)
+        ref = scoring.select_kept(sc, imgs, rate, totals[b])
+        assert lengths[b] == ref.shape[1]
+        keep = res.keep[b, :, : lengths[b]]
+        assert bool((res.keep[b, :, lengths[b]:] == -1).all())
+        _assert_same_up_to_ties(keep, ref, sc)
+        # the cache holds, per head, the entries of the kernel's own keep, in order
+        dense_k0 = compaction.gather(k0, ids, totals[b])
+        dense_v0 = compaction.gather(v0, ids, totals[b])
+        got_k = compaction.gather(k, ids, lengths[b])
+        got_v = compaction.gather(v, ids, lengths[b])
+        for h in range(num_kv_heads):
+            assert torch.equal(got_k[h], dense_k0[h, keep[h]]) and torch.equal(got_v[h], dense_v0[h, keep[h]])
+    # other requests' / free blocks untouched
+    used = set(table[table >= 0].tolist())
+    free = [i for i in range(k.shape[0]) if i not in used]
+    assert torch.equal(k[free], k0[free]) and torch.equal(v[free], v0[free])
+    if kv is not None:
+        assert kv.data_ptr() == k.data_ptr()
+
+
 def _assert_same_up_to_ties(keep, ref, ref_scores, max_diff_frac=0.01, mass_tol=1e-5):
     """keep equals ref except where near-equal scores swapped places."""
     for h in range(keep.shape[0]):
@@ -233,6 +297,8 @@ def run_all(device, dtype, backend, real_shapes=False, seeds=(0, 1, 2)):
         run(f"compact separate K/V seed{seed}", check_compact, device=device, dtype=dtype, backend=backend,
             seed=seed, vllm_layout=False)
         run(f"decode seed{seed}", check_decode, device=device, dtype=dtype, backend=backend, seed=seed)
+        run(f"kept counts device seed{seed}", check_kept_counts_device, device=device, seed=seed)
+        run(f"prune layer seed{seed}", check_prune_layer, device=device, dtype=dtype, backend=backend, seed=seed)
     if real_shapes:
         real = dict(num_heads=28, num_kv_heads=4, head_size=128, block_size=16)
         run("scores real", check_scores, device=device, dtype=dtype, backend=backend, batch=4, max_prompt=9000, **real)
@@ -242,6 +308,8 @@ def run_all(device, dtype, backend, real_shapes=False, seeds=(0, 1, 2)):
             for seed in range(3):
                 run(f"compact real {method} seed{seed}", check_compact, device=device, dtype=dtype, backend=backend,
                     method=method, seed=10 + seed, batch=8, max_total=9000, num_kv_heads=4, head_size=128)
+        run("prune layer real", check_prune_layer, device=device, dtype=dtype, backend=backend, max_prompt=9000,
+            **real)
         run("decode real", check_decode, device=device, dtype=dtype, backend=backend, batch=8, max_len=9000, **real)
     return results
 

@@ -78,6 +78,17 @@ def test_fallback_decode_attention_matches_dense(seed):
     kc.check_decode("cpu", torch.float32, None, seed=seed)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_device_kept_counts_match_host_rule(seed):
+    kc.check_kept_counts_device("cpu", seed=seed)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_fallback_prune_layer_matches_oracle_pipeline(seed, reduce):
+    kc.check_prune_layer("cpu", torch.float32, None, seed=seed, reduce=reduce)
+
+
 def test_fallback_score_and_select_batched_with_tensor_parallel_hooks():
     """gamma = all_reduce(sum) / num_heads_total; per-request rate functions."""
     gen = torch.Generator().manual_seed(7)
@@ -98,7 +109,18 @@ def test_fallback_score_and_select_batched_with_tensor_parallel_hooks():
 # --------------------------------------------------------------------------- CPU: Triton interpreter
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def _triton_version():
+    if importlib.util.find_spec("triton") is None:
+        return None
+    import triton
+
+    return tuple(int(x) for x in triton.__version__.split(".")[:2])
+
+
+@pytest.mark.skipif(
+    (_triton_version() or (0, 0)) < (3, 7),
+    reason="needs Triton >= 3.7 (its interpreter runs loops bounded by loaded values; 3.6's does not)",
+)
 def test_triton_kernels_in_interpreter_match_oracle():
     env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
@@ -106,7 +128,7 @@ def test_triton_kernels_in_interpreter_match_oracle():
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "all 8 checks passed" in proc.stdout
+    assert "all 10 checks passed" in proc.stdout
 
 
 # --------------------------------------------------------------------------- CUDA: compiled kernels
@@ -147,6 +169,48 @@ def test_triton_score_and_select_matches_oracle(dtype):
 def test_selection_on_cuda_matches_oracle():
     for seed in SEEDS:
         kc.check_select("cuda", seed=seed)
+        kc.check_kept_counts_device("cuda", seed=seed)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_triton_prune_layer_matches_oracle_pipeline(dtype, reduce):
+    for seed in SEEDS:
+        kc.check_prune_layer("cuda", dtype, "triton", seed=seed, reduce=reduce)
+    kc.check_prune_layer("cuda", dtype, "triton", seed=8, reduce=reduce, max_prompt=9000,
+                         num_heads=28, num_kv_heads=4, head_size=128)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_prune_layer_is_cuda_graph_capturable():
+    """No host sync inside: the whole per-layer pipeline captures into a CUDA graph."""
+    gen = torch.Generator().manual_seed(3)
+    images, totals = kc.make_requests(gen, [3000, 2000], [2, 1])
+    _, k, v, table = kc.paged_batch(gen, "cuda", torch.bfloat16, totals, 4, 128, 16)
+    q = torch.randn(2, 28, 128, generator=gen).to("cuda", torch.bfloat16)
+    from vllm_plphp.config import PlphpConfig
+
+    plan = gpu.make_plan(images, [3000, 2000], totals, "cuda", configs=PlphpConfig())
+    k0, v0 = k.clone(), v.clone()
+    eager = gpu.prune_layer_batched_(q, k, v, table, plan, 128 ** -0.5)
+    k.copy_(k0), v.copy_(v0)
+    torch.cuda.synchronize()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        gpu.prune_layer_batched_(q, k, v, table, plan, 128 ** -0.5)
+    torch.cuda.current_stream().wait_stream(s)
+    k.copy_(k0), v.copy_(v0)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        res = gpu.prune_layer_batched_(q, k, v, table, plan, 128 ** -0.5)
+    k.copy_(k0), v.copy_(v0)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(res.lengths, eager.lengths) and torch.equal(res.keep, eager.keep)
 
 
 @pytest.mark.gpu

@@ -15,30 +15,44 @@ otherwise. Nothing here imports vLLM.
 
 from vllm_plphp.gpu.ops import (
     ENV_SWITCH,
+    LayerResult,
     LayerSelection,
     compact_,
     compact_batched_,
     last_token_scores_batched,
+    layer_rates,
     paged_decode_attention,
+    prune_layer_batched_,
     score_and_select,
     score_and_select_batched,
     triton_available,
     use_triton,
 )
-from vllm_plphp.gpu.select import BatchPlan, make_plan, select_kept_batched
+from vllm_plphp.gpu.select import (
+    BatchPlan,
+    kept_counts_device,
+    make_plan,
+    select_kept_batched,
+    select_kept_device,
+)
 
 __all__ = [
     "ENV_SWITCH",
     "BatchPlan",
+    "LayerResult",
     "LayerSelection",
     "compact_",
     "compact_batched_",
+    "kept_counts_device",
     "last_token_scores_batched",
+    "layer_rates",
     "make_plan",
     "paged_decode_attention",
+    "prune_layer_batched_",
     "score_and_select",
     "score_and_select_batched",
     "select_kept_batched",
+    "select_kept_device",
     "triton_available",
     "use_triton",
 ]

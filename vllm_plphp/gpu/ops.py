@@ -5,13 +5,17 @@ Triton imports and `VLLM_PLPHP_GPU_KERNELS` is not "0"), "triton" or "torch".
 The torch path is `vllm_plphp.scoring` / `vllm_plphp.compaction` (the oracle),
 looped over requests.
 
-Per-step use for one pruned layer (B requests whose prompt completes now):
+Per-step use (B requests whose prompt completes in this step):
 
-    plan = make_plan(images, prompt_lens, total_lens, device)     # once per step
-    keep, lengths, gammas, rates = score_and_select_batched(
-        queries, k_cache, block_table, plan, scale, rate_fn)       # per layer
-    compact_batched_(k_cache, v_cache, block_table, keep, lengths) # per layer
+    plan = make_plan(images, prompt_lens, total_lens, device, configs)  # once per step
+    res = prune_layer_batched_(queries, k_cache, v_cache, block_table, plan, scale)
+                                    # per pruned layer: no host sync, CPU runs ahead
+    ... after the step: res.lengths / res.gammas / res.rates .cpu() (one sync)
 
+`prune_layer_batched_` decides r_l on the device (PlphpConfig's rule, float64,
+the same arithmetic as `PlphpConfig.layer_rate` / `scoring.num_kept`).
+With an arbitrary host rate function instead: `score_and_select_batched`
+(one host sync per layer for gamma_l) + `compact_batched_`.
 Single-request forms with the oracle's signatures: `score_and_select`, `compact_`.
 """
 
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from vllm_plphp import compaction, scoring
-from vllm_plphp.gpu.select import BatchPlan, make_plan, select_kept_batched
+from vllm_plphp.gpu.select import BatchPlan, make_plan, select_kept_batched, select_kept_device
 
 ENV_SWITCH = "VLLM_PLPHP_GPU_KERNELS"
 
@@ -145,6 +149,54 @@ def score_and_select_batched(
     return LayerSelection(keep, lengths, gammas, rates)
 
 
+def layer_rates(gamma: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
+    """r_l per request on the device: `PlphpConfig.layer_rate` in float64."""
+    if plan.rate_params is None:
+        raise ValueError("make_plan(..., configs=...) is needed for device-side rates")
+    r, dr, alpha, beta = plan.rate_params.unbind(1)
+    g = gamma.to(torch.float64)
+    return torch.where(g >= alpha, r + dr, torch.where(g < beta, r - dr, r))
+
+
+@dataclass
+class LayerResult:
+    """Device tensors of one pruned layer (no host sync taken)."""
+
+    keep: torch.Tensor  # (B, Hkv, L_bound) long, -1 past lengths[b]
+    lengths: torch.Tensor  # (B,) int32 kept length L_l per request
+    gammas: torch.Tensor  # (B,) float32 gamma_l
+    rates: torch.Tensor  # (B,) float64 r_l
+
+
+def prune_layer_batched_(
+    queries: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    plan: BatchPlan,
+    scale: float,
+    reduce: str = "mean",
+    num_heads_total: int | None = None,
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    backend: str | None = None,
+    method: str = "inplace",
+) -> LayerResult:
+    """One pruned layer for the whole batch, entirely on the device: scores,
+    gamma_l (all_reduce'd across tensor-parallel ranks if given), r_l by the
+    plan's configs, per-head top-K per image, in-place compaction of K and V.
+    No host synchronization: the CPU goes on launching while the GPU works."""
+    scores, gamma_sum, _ = last_token_scores_batched(
+        queries, k_cache, block_table, plan, scale, reduce, False, backend
+    )
+    if all_reduce is not None:
+        gamma_sum = all_reduce(gamma_sum)
+    gammas = gamma_sum / (num_heads_total or queries.shape[1])
+    rates = layer_rates(gammas, plan)
+    keep, lengths = select_kept_device(scores, plan, rates)
+    compact_batched_(k_cache, v_cache, block_table, keep, lengths, backend, method)
+    return LayerResult(keep, lengths, gammas, rates)
+
+
 def score_and_select(
     query: torch.Tensor,
     k_cache: torch.Tensor,
@@ -184,7 +236,7 @@ def compact_batched_(
             lengths = torch.tensor(list(lengths), dtype=torch.int32).to(keep.device, non_blocking=True)
         _ops().compact_batched_(k_cache, v_cache, block_table, keep, lengths.to(torch.int32), method)
         return
-    lens = lengths.tolist() if isinstance(lengths, torch.Tensor) else list(lengths)
+    lens = lengths.tolist() if isinstance(lengths, torch.Tensor) else list(lengths)  # host sync (torch path)
     for b, length in enumerate(lens):
         compaction.compact_(k_cache, v_cache, block_table[b].long(), keep[b, :, :length])
 

@@ -29,6 +29,10 @@ class BatchPlan:
     vision_mask: torch.Tensor  # (B, Pmax) int8, 1 at vision positions
     base_keep: torch.Tensor  # (B, Tmax) bool: position < T_b and not vision
     prompt_lens_dev: torch.Tensor  # (B,) int32
+    sizes_dev: torch.Tensor  # (B, J) float64 image sizes S_bj (0 where absent)
+    total_lens_dev: torch.Tensor  # (B,) int64
+    max_rate: float = 1.0  # upper bound of any rate used with this plan (device path)
+    rate_params: torch.Tensor | None = None  # (B, 4) float64: r, delta_r, alpha, beta
 
     @property
     def batch(self) -> int:
@@ -41,6 +45,11 @@ class BatchPlan:
     @property
     def max_total_len(self) -> int:
         return max(self.total_lens, default=0)
+
+    def bounds(self) -> tuple[int, int]:
+        """Host upper bounds (K_max over images, L_max over requests) for rates <= max_rate."""
+        ks, lengths = self.kept_counts([self.max_rate] * self.batch)
+        return max((k for r in ks for k in r), default=0), max(lengths, default=0)
 
     def kept_counts(self, rates: Sequence[float]) -> tuple[list[list[int]], list[int]]:
         """K_bj per image and the kept length L_b per request for these rates."""
@@ -57,8 +66,14 @@ def make_plan(
     prompt_lens: Sequence[int],
     total_lens: Sequence[int] | None = None,
     device: torch.device | str | None = None,
+    configs=None,
+    max_rate: float | None = None,
 ) -> BatchPlan:
-    """images[b] = list of (S_j,) long position tensors (< prompt_lens[b])."""
+    """images[b] = list of (S_j,) long position tensors (< prompt_lens[b]).
+
+    configs: one PlphpConfig (or one per request) for the device-side rate rule
+    (`vllm_plphp.gpu.ops.prune_layer_batched_`); max_rate defaults to the largest
+    r + delta_r of the configs (1.0 without configs)."""
     prompt_lens = [int(p) for p in prompt_lens]
     total_lens = list(prompt_lens) if total_lens is None else [int(t) for t in total_lens]
     batch = len(prompt_lens)
@@ -81,6 +96,15 @@ def make_plan(
             base[b, p] = False
     dev = torch.device(device) if device is not None else torch.device("cpu")
     nb = dev.type == "cuda"
+    params = None
+    if configs is not None:
+        cfgs = list(configs) if isinstance(configs, (list, tuple)) else [configs] * batch
+        params = torch.tensor([[c.r, c.delta_r, c.alpha, c.beta] for c in cfgs], dtype=torch.float64)
+        if max_rate is None:
+            max_rate = max(c.r + c.delta_r for c in cfgs)
+    sizes_t = torch.zeros(batch, num_img, dtype=torch.float64)
+    for b, r in enumerate(sizes):
+        sizes_t[b, : len(r)] = torch.tensor(r, dtype=torch.float64)
     return BatchPlan(
         prompt_lens=prompt_lens,
         total_lens=total_lens,
@@ -90,32 +114,22 @@ def make_plan(
         vision_mask=vision.to(dev, non_blocking=nb),
         base_keep=base.to(dev, non_blocking=nb),
         prompt_lens_dev=torch.tensor(prompt_lens, dtype=torch.int32).to(dev, non_blocking=nb),
+        sizes_dev=sizes_t.to(dev, non_blocking=nb),
+        total_lens_dev=torch.tensor(total_lens, dtype=torch.long).to(dev, non_blocking=nb),
+        max_rate=1.0 if max_rate is None else float(max_rate),
+        rate_params=None if params is None else params.to(dev, non_blocking=nb),
     )
 
 
-def select_kept_batched(
-    scores: torch.Tensor, plan: BatchPlan, rates: Sequence[float]
-) -> tuple[torch.Tensor, list[int]]:
-    """scores: (B, Hkv, >= Pmax) f32 (entries past a prompt ignored).
-
-    Returns keep (B, Hkv, Lmax) long, row b,h ascending, -1 past L_b, and the
-    kept lengths L_b (host ints). keep[b, :, :L_b] equals
-    `scoring.select_kept(scores[b, :, :P_b], images[b], rates[b], T_b)` up to ties.
-    """
+def _select(scores, plan, kt, kmax, lmax):
+    """Shared core: kt (B, J) long kept counts on the device, host bounds kmax/lmax."""
     batch, num_kv_heads = scores.shape[0], scores.shape[1]
     dev = scores.device
-    ks, lengths = plan.kept_counts(rates)
     tmax = plan.max_total_len
-    lmax = max(lengths, default=0)
     mask = torch.zeros(batch, num_kv_heads, tmax + 1, dtype=torch.bool, device=dev)
     mask[..., :tmax] = plan.base_keep[:, None, :tmax]
     num_img, smax = plan.pos.shape[1], plan.pos.shape[2]
-    kmax = max((k for r in ks for k in r), default=0)
     if num_img and smax and kmax:
-        kt = torch.zeros(batch, num_img, dtype=torch.long)
-        for b, r in enumerate(ks):
-            kt[b, : len(r)] = torch.tensor(r, dtype=torch.long)
-        kt = kt.to(dev, non_blocking=dev.type == "cuda")
         idx = plan.pos.view(batch, 1, num_img * smax).expand(batch, num_kv_heads, -1)
         sc = scores.gather(2, idx).view(batch, num_kv_heads, num_img, smax)
         sc = sc.masked_fill(~plan.valid[:, None], float("-inf"))
@@ -129,4 +143,43 @@ def select_kept_batched(
     out = torch.full((batch, num_kv_heads, lmax + 1), -1, dtype=torch.long, device=dev)
     src = torch.arange(tmax, device=dev).expand(batch, num_kv_heads, tmax)
     out.scatter_(2, dst, src)
-    return out[..., :lmax], lengths
+    return out[..., :lmax]
+
+
+def select_kept_batched(
+    scores: torch.Tensor, plan: BatchPlan, rates: Sequence[float]
+) -> tuple[torch.Tensor, list[int]]:
+    """Host rates. scores: (B, Hkv, >= Pmax) f32 (entries past a prompt ignored).
+
+    Returns keep (B, Hkv, Lmax) long, row b,h ascending, -1 past L_b, and the
+    kept lengths L_b (host ints). keep[b, :, :L_b] equals
+    `scoring.select_kept(scores[b, :, :P_b], images[b], rates[b], T_b)` up to ties.
+    """
+    ks, lengths = plan.kept_counts(rates)
+    kmax = max((k for r in ks for k in r), default=0)
+    kt = torch.zeros(plan.batch, plan.pos.shape[1], dtype=torch.long)
+    for b, r in enumerate(ks):
+        kt[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+    kt = kt.to(scores.device, non_blocking=scores.device.type == "cuda")
+    return _select(scores, plan, kt, kmax, max(lengths, default=0)), lengths
+
+
+def kept_counts_device(plan: BatchPlan, rates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Device rates (B,) float64 -> K (B, J) long and L (B,) long, the same
+    arithmetic as `scoring.num_kept` (float64, floor(rate * S + 1e-6), >= 1, <= S)."""
+    sizes = plan.sizes_dev
+    k = torch.floor(rates.to(torch.float64)[:, None] * sizes + 1e-6).clamp_(min=1.0)
+    k = torch.minimum(k, sizes).long()
+    lengths = plan.total_lens_dev - (sizes.long() - k).sum(dim=1)
+    return k, lengths
+
+
+def select_kept_device(
+    scores: torch.Tensor, plan: BatchPlan, rates: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Device rates (B,) float64, no host sync: returns keep (B, Hkv, L_bound)
+    (-1 past L_b) and lengths (B,) int32 on the device. Rates must not exceed
+    plan.max_rate (the host bounds come from it)."""
+    kt, lengths = kept_counts_device(plan, rates)
+    kmax, lmax = plan.bounds()
+    return _select(scores, plan, kt, kmax, lmax), lengths.to(torch.int32)

@@ -12,6 +12,7 @@ A request's logical position p lives at (block_table[b, p // bs], p % bs).
 Kernels
   _logits_kernel   gather keys + q.k (one program per (P tile, KV head, request)),
                    writes scaled logits and per-tile softmax stats (max, sum exp).
+  _combine_kernel  per request: softmax max / denominator over P from the tile stats.
   _probs_kernel    normalizes with the combined stats (softmax over P), reduces the
                    query group per KV head (mean/max) and writes per-tile partial
                    vision sums for gamma_l (deterministic: no atomics).
@@ -24,6 +25,8 @@ Kernels
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -31,6 +34,17 @@ import triton.language as tl
 
 def _pow2(n: int, lo: int = 1) -> int:
     return max(lo, triton.next_power_of_2(int(n)))
+
+
+@functools.lru_cache(maxsize=None)
+def _sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132
+    return _sms(device.index if device.index is not None else torch.cuda.current_device())
 
 
 # --------------------------------------------------------------------------- scoring
@@ -89,6 +103,31 @@ def _logits_kernel(
     l = tl.sum(tl.exp(s - m[:, None]), axis=1)
     tl.store(tmax_ptr + b * st_b + heads * st_h + t, m, mask=gmask)
     tl.store(tsum_ptr + b * st_b + heads * st_h + t, l, mask=gmask)
+
+
+@triton.jit
+def _combine_kernel(
+    tmax_ptr, tsum_ptr, st_b, st_h,
+    m_ptr, l_ptr, sm_b,
+    NUM_TILES, H: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """Softmax statistics over P from the per-tile ones: one program per request."""
+    b = tl.program_id(0).to(tl.int64)
+    offs_h = tl.arange(0, BLOCK_H)
+    hmask = offs_h < H
+    m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    den = tl.zeros([BLOCK_H], tl.float32)
+    for t0 in range(0, NUM_TILES, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        mask = hmask[:, None] & (offs_t < NUM_TILES)[None, :]
+        tm = tl.load(tmax_ptr + b * st_b + offs_h[:, None] * st_h + offs_t[None, :], mask=mask, other=float("-inf"))
+        ts = tl.load(tsum_ptr + b * st_b + offs_h[:, None] * st_h + offs_t[None, :], mask=mask, other=0.0)
+        m_new = tl.maximum(m, tl.max(tm, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        den = den * tl.exp(m - m_safe) + tl.sum(ts * tl.exp(tm - m_safe[:, None]), axis=1)
+        m = m_new
+    tl.store(m_ptr + b * sm_b + offs_h, m, mask=hmask)
+    tl.store(l_ptr + b * sm_b + offs_h, den, mask=hmask)
 
 
 @triton.jit
@@ -177,8 +216,13 @@ def last_token_scores(
         USE_FP32=use_fp32,
         num_warps=4,
     )
-    gmax = tmax.amax(dim=-1)
-    gden = (tsum * torch.exp(tmax - gmax[..., None])).sum(dim=-1)
+    gmax = torch.empty(batch, num_heads, device=dev, dtype=torch.float32)
+    gden = torch.empty_like(gmax)
+    _combine_kernel[(batch,)](
+        tmax, tsum, tmax.stride(0), tmax.stride(1), gmax, gden, gmax.stride(0),
+        n_tiles, H=num_heads, BLOCK_H=_pow2(num_heads), BLOCK_T=min(128, _pow2(n_tiles)),
+        num_warps=4,
+    )
     scores = torch.empty(batch, num_kv_heads, pmax, device=dev, dtype=torch.float32)
     gpart = torch.empty(batch, num_kv_heads, n_tiles, device=dev, dtype=torch.float32)
     if vision_mask.dtype == torch.bool:
@@ -302,7 +346,12 @@ def compact_batched_(
     if batch == 0 or lmax == 0:
         return
     if method == "inplace":
-        block_d = block_d or min(16, _pow2(head_size))
+        if block_d is None:
+            # full rows (256 B in bf16) when there are enough (request, head, K/V)
+            # programs to fill the GPU, else 32-byte column chunks for parallelism
+            full = batch * num_kv_heads * 2 >= 2 * _num_sms(keep.device)
+            block_d = _pow2(head_size) if full else min(16, _pow2(head_size))
+            block_l = block_l or (64 if full else 256)
         block_l = block_l or 256
         num_dc = triton.cdiv(head_size, block_d)
         esize = k_cache.element_size()

@@ -1,0 +1,118 @@
+"""Block accounting under real scheduling: freed blocks reach the pool, and
+abort, preemption, chunked prefill, mixed and joining requests all keep both
+the outputs and the pool right. Engine cores run in-process (block pool
+readable); one roomy and one memory-starved PLPHP engine for the module."""
+
+import pytest
+
+from tests.conftest import greedy, make_inprocess_llm, run_steps, scheduler_of
+from vllm_plphp.fixtures.prompts import prompt_inputs
+
+BLOCK = 32
+MIX = [(1, 0), (2, 3), (0, 0), (1, 5), (2, 7), (0, 1), (1, 9), (1, 11)]
+
+
+def requests(cases=MIX):
+    return [(f"r{i}-{n}img", prompt_inputs("llava", n, seed)) for i, (n, seed) in enumerate(cases)]
+
+
+@pytest.fixture(scope="module")
+def roomy(llava_path):
+    llm = make_inprocess_llm(llava_path, "plphp", block_size=BLOCK)
+    yield llm
+    llm.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="module")
+def alone(roomy):
+    """Each request run by itself: the outputs every other schedule must match."""
+    out = {}
+    for req_id, prompt in requests():
+        got, _ = run_steps(roomy, {0: [(req_id, prompt)]}, greedy(24))
+        out.update(got)
+    return out
+
+
+def pool_free(llm):
+    return scheduler_of(llm).kv_cache_manager.block_pool.get_num_free_blocks()
+
+
+def test_pruned_blocks_return_to_pool_during_decode(roomy, llava_path):
+    start = pool_free(roomy)
+    prompt = prompt_inputs("llava", 1, 0)
+    (_, used_plphp) = run_steps(roomy, {0: [("one", prompt)]}, greedy(4))
+    plphp_blocks = start - used_plphp[0]  # held after the prefill step (pruned + committed)
+    num_layers, tokens = 24, 589
+    full = num_layers * -(-tokens // BLOCK)
+    # stock: every layer holds all 589 entries; PLPHP: 21 pruned layers hold fewer
+    records = roomy.collective_rpc("plphp_records")[0]
+    rec = next(v for k, v in records.items() if k.startswith("one"))
+    expected = 3 * -(-tokens // BLOCK) + sum(-(-r["kept"] // BLOCK) for r in rec.values())
+    assert plphp_blocks == expected < full
+    assert used_plphp[-1] == start  # all back once finished
+
+
+def test_abort_mid_decode_returns_every_block(roomy, alone):
+    start = pool_free(roomy)
+    reqs = requests()
+    schedule = {0: reqs[:4], 3: reqs[4:]}
+    aborted = [reqs[1][0], reqs[3][0], reqs[6][0]]
+    outputs, free = run_steps(roomy, schedule, greedy(24), abort_at={6: aborted})
+    assert free[-1] == start
+    assert min(free) < start
+    for req_id, _ in reqs:
+        if req_id not in aborted:
+            assert outputs[req_id] == alone[req_id], req_id
+
+
+def test_requests_joining_while_others_decode(roomy, alone):
+    start = pool_free(roomy)
+    reqs = requests()
+    schedule = {0: reqs[:2], 2: reqs[2:4], 5: reqs[4:6], 9: reqs[6:]}
+    outputs, free = run_steps(roomy, schedule, greedy(24))
+    assert outputs == {r: alone[r] for r, _ in reqs}
+    assert free[-1] == start
+
+
+def test_chunked_prefill_longer_than_chunk(llava_path, alone):
+    llm = make_inprocess_llm(llava_path, "plphp", block_size=BLOCK, max_num_batched_tokens=256)
+    try:
+        start = pool_free(llm)
+        reqs = requests()[:4]
+        outputs, free = run_steps(llm, {0: reqs}, greedy(24))
+        assert outputs == {r: alone[r] for r, _ in reqs}
+        assert free[-1] == start
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+
+
+def test_preemption_under_memory_pressure_repeats_pruning(llava_path, roomy):
+    # 22 MiB = 1408 blocks of 32 tokens x 1 layer; a 1-image request takes 456
+    # at admission and 330 once pruned, so 3 run at once, and their long
+    # decodes (24 blocks per 32 tokens each) run out of blocks: preemption.
+    reqs = [(f"p{seed}", prompt_inputs("llava", 1, seed)) for seed in (0, 5, 9, 11, 13)]
+    params = greedy(200)
+    alone = {}
+    for req_id, prompt in reqs:
+        alone.update(run_steps(roomy, {0: [(req_id, prompt)]}, params)[0])
+    llm = make_inprocess_llm(
+        llava_path, "plphp", block_size=BLOCK, kv_cache_memory_bytes=22 << 20,
+        max_model_len=1400, max_num_seqs=8, max_num_batched_tokens=4096,  # encoder cache: 7 images
+    )
+    try:
+        scheduler = scheduler_of(llm)
+        preemptions = []
+        original = scheduler._preempt_request
+
+        def counting(request, *args, **kwargs):
+            preemptions.append(request.request_id)
+            return original(request, *args, **kwargs)
+
+        scheduler._preempt_request = counting
+        start = pool_free(llm)
+        outputs, free = run_steps(llm, {0: reqs}, params)
+        assert preemptions, "the workload did not preempt; shrink the KV budget"
+        assert outputs == {r: alone[r] for r, _ in reqs}
+        assert free[-1] == start
+    finally:
+        llm.llm_engine.engine_core.shutdown()
