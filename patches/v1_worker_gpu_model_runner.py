@@ -18,6 +18,7 @@ has a worker-to-scheduler channel for KV cache managers.
 """
 
 import copy
+import time
 
 from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, ModelRunnerOutput
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
@@ -83,9 +84,12 @@ def _with_events(output):
 
 
 def _execute_model(self, *args, **kwargs):
+    start = time.perf_counter()
     try:
         return _with_events(original(GPUModelRunner, "execute_model")(self, *args, **kwargs))
     finally:
+        if STATE.targets:
+            STATE.pruning_step_seconds += time.perf_counter() - start
         STATE.targets = []
 
 

@@ -10,6 +10,7 @@ and the new pruned count in the layer's block table.
 from __future__ import annotations
 
 import functools
+import time
 
 import torch
 from vllm.platforms import current_platform
@@ -48,6 +49,12 @@ def _tp_size() -> int:
 
 
 def prune_layer(impl, layer, query: torch.Tensor, kv_cache: torch.Tensor) -> None:
+    start = time.perf_counter()
+    _prune_layer(impl, layer, query, kv_cache)
+    STATE.prune_seconds += time.perf_counter() - start
+
+
+def _prune_layer(impl, layer, query: torch.Tensor, kv_cache: torch.Tensor) -> None:
     base = STATE.config
     layer_idx = layer_position(layer.layer_name)
     if base is None or not base.is_pruned_layer(layer_idx, STATE.num_layers):

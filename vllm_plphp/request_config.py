@@ -1,8 +1,11 @@
-"""Per-request PLPHP settings from ``SamplingParams.extra_args["plphp"]``.
+"""Per-request PLPHP settings from ``SamplingParams.extra_args``.
 
-OpenAI clients send them as ``extra_body={"vllm_xargs": {"plphp": ...}}``:
-``false`` skips pruning for the request, a JSON object overrides fields
-(``{"r": 0.3}``); ``true`` or absent uses the server's settings.
+- ``"plphp"``: ``false`` (or ``"false"``, ``0``) skips pruning for the request;
+  an object or its JSON string (``{"r": 0.3}``) overrides fields; ``true`` or
+  absent uses the engine's settings.
+- ``"plphp_<key>"`` (e.g. ``"plphp_r": 0.3``): one field each; handy with
+  OpenAI clients, whose ``extra_body={"vllm_xargs": {...}}`` takes only
+  strings and numbers.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ OVERRIDABLE = ("r", "delta_r", "alpha", "beta", "gqa_reduce")
 
 def parse_override(base: PlphpConfig, value) -> PlphpConfig | None:
     """Returns the request's config, or None when it opts out of pruning."""
-    if value is None or value is True:
+    if value is None or value is True or value == 1:
         return base
-    if value is False:
+    if value is False or value == 0:
         return None
     if isinstance(value, str):
         try:
@@ -46,5 +49,18 @@ def parse_override(base: PlphpConfig, value) -> PlphpConfig | None:
 
 
 def config_for_request(base: PlphpConfig, sampling_params) -> PlphpConfig | None:
-    extra = getattr(sampling_params, "extra_args", None) or {}
-    return parse_override(base, extra.get("plphp"))
+    return config_from_extra_args(base, getattr(sampling_params, "extra_args", None))
+
+
+def has_plphp_args(extra: dict | None) -> bool:
+    return bool(extra) and any(k == "plphp" or k.startswith("plphp_") for k in extra)
+
+
+def config_from_extra_args(base: PlphpConfig, extra: dict | None) -> PlphpConfig | None:
+    if not has_plphp_args(extra):
+        return base
+    config = parse_override(base, extra.get("plphp"))
+    flat = {k[len("plphp_"):]: v for k, v in extra.items() if k.startswith("plphp_")}
+    if config is None or not flat:
+        return config
+    return parse_override(config, flat)

@@ -43,6 +43,15 @@ class PlphpWorkerExtension:
 
         return dict(STATE.last_seq_lens)
 
+    def plphp_timing(self, reset: bool = False) -> dict:
+        """Seconds spent scoring + compacting, and in the steps that pruned."""
+        from vllm_plphp.worker_state import STATE
+
+        out = {"prune_seconds": STATE.prune_seconds, "pruning_step_seconds": STATE.pruning_step_seconds}
+        if reset:
+            STATE.prune_seconds = STATE.pruning_step_seconds = 0.0
+        return out
+
     def plphp_attention_impls(self) -> dict:
         """{layer_name: attention impl class path} of the loaded model."""
         runner = self.model_runner

@@ -43,6 +43,9 @@ class WorkerState:
     # req_id -> {layer_index: LayerRecord}; finished requests move to `finished`
     records: dict[str, dict[int, LayerRecord]] = field(default_factory=dict)
     finished: OrderedDict = field(default_factory=OrderedDict)
+    # time spent scoring + compacting, and in the steps that pruned (seconds)
+    prune_seconds: float = 0.0
+    pruning_step_seconds: float = 0.0
     # debug: layer_name -> seq_lens the stock kernel received in the last step
     record_seq_lens: bool = False
     last_seq_lens: dict[str, list[int]] = field(default_factory=dict)

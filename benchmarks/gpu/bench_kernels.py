@@ -5,10 +5,15 @@ bf16, block size 16, vLLM FLASH_ATTN cache layout (nb, Hkv, bs, 2D) with K/V
 as strided views; prompts of 1-4 images of 1200-7000 tokens with text between.
 
 Reports, per (images x tokens, batch):
-  * per-layer stage times: scoring kernels, top-K selection, compaction
-    (in-place and two-pass), and the whole layer (wall, with the gamma host sync);
-  * per request: 25 pruned layers x layer time / batch, against the prefill of
-    the same prompt by HF Qwen2 (7B shape, random bf16 weights, SDPA) at batch 1;
+  * per-layer device times (CUDA-graph replays) of the stages: scoring kernels,
+    fused select+compact (Triton), the torch top-K selection, index-list compaction
+    (in-place and two-pass), and of the whole sync-free layer pipeline
+    `prune_layer_batched_` fused (default) and unfused; eager wall time of the
+    layer (Python launches + one sync, nothing overlapped); the torch fallback;
+  * per request: 25 pruned layers x layer device time / batch, against the prefill
+    of the same prompt by HF Qwen2 (7B shape, random bf16 weights, SDPA) at batch 1,
+    and the measured prefill with the pipeline hooked into every pruned layer
+    (the CPU launches it while the GPU still runs the layer);
   * achieved bandwidth of the scoring and compaction kernels vs a measured
     device-to-device copy;
   * decode attention per step (all 28 layers) on full vs compacted caches with
@@ -79,23 +84,32 @@ def bench_kernels(args, device, dtype, peak):
             plan = make_plan([images] * batch, [plen] * batch, None, device, cfg)
             row = dict(images=n_img, image_tokens=s_img, prompt_len=plen, batch=batch, plan_ms=plan_ms)
             if device == "cuda":
-                res = prune_layer_batched_(q, k, v, table, plan, scale)
+                from vllm_plphp.gpu.triton_ops import select_and_compact_
+
+                res = prune_layer_batched_(q, k, v, table, plan, scale, method="inplace")
                 lengths = res.lengths.tolist()
                 row.update(gamma=round(float(res.gammas[0]), 4), rate=float(res.rates[0]), kept_len=lengths[0])
                 scores, gsum, _ = last_token_scores_batched(q, k, table, plan, scale)
+                gam = gsum / H
 
                 def select():
-                    return select_kept_device(scores, plan, layer_rates(gsum / H, plan))
+                    return select_kept_device(scores, plan, layer_rates(gam, plan))
 
                 row["scores_ms"] = device_ms(lambda: last_token_scores_batched(q, k, table, plan, scale), cuda_graph=True)
-                row["select_ms"] = device_ms(select, cuda_graph=True)
+                row["select_torch_ms"] = device_ms(select, cuda_graph=True)
+                row["select_compact_fused_ms"] = device_ms(
+                    lambda: select_and_compact_(scores, gam, plan, k, v, table), cuda_graph=True)
                 keep, lens_dev = select()
                 row["compact_ms"] = device_ms(lambda: compact_batched_(k, v, table, keep, lens_dev))
                 row["compact_two_pass_ms"] = device_ms(
                     lambda: compact_batched_(k, v, table, keep, lens_dev, method="two_pass"))
                 row["layer_device_ms"] = device_ms(
                     lambda: prune_layer_batched_(q, k, v, table, plan, scale), cuda_graph=True)
+                row["layer_device_unfused_ms"] = device_ms(
+                    lambda: prune_layer_batched_(q, k, v, table, plan, scale, method="inplace"), cuda_graph=True)
                 row["layer_eager_wall_ms"] = wall_ms(lambda: prune_layer_batched_(q, k, v, table, plan, scale))
+                row["layer_eager_wall_unfused_ms"] = wall_ms(
+                    lambda: prune_layer_batched_(q, k, v, table, plan, scale, method="inplace"))
                 row["per_request_all_layers_device_ms"] = row["layer_device_ms"] * PRUNED_LAYERS / batch
                 slots = torch.arange(keep.shape[-1], device=device)
                 moved = int(((keep != slots) & (keep >= 0)).sum())
@@ -295,24 +309,29 @@ def summarize(res):
                      f"{r['prefill_with_pruning_ms']:.1f} | {r['overhead_pct']:.2f}% | {r['rate_mix']} | "
                      f"{r['kept_lens']} |")
     lines.append("")
-    lines.append("| images x tokens | P | batch | L (r_l) | scores ms | select ms | compact ms (2-pass) "
-                 "| layer, device ms | layer, eager wall ms | per request 25 layers, device ms | share of prefill "
-                 "| scores GB/s (key) | compact GB/s | torch fallback per request ms |")
-    lines.append("|" + "---|" * 14)
+    lines.append("Per pruned layer, batch of B requests (device times from CUDA-graph replays; eager wall = "
+                 "launch from Python + sync, not overlapped with anything):")
+    lines.append("| images x tokens | P | batch | L (r_l) | scores ms | select+compact fused ms | torch select ms "
+                 "| compact ms (2-pass) | layer device ms (unfused) | layer eager wall ms (unfused) "
+                 "| per request 25 layers device ms | share of prefill | scores GB/s (key) | compact GB/s "
+                 "| torch fallback per request ms |")
+    lines.append("|" + "---|" * 15)
     for r in res.get("kernels", []):
         p = pre.get(r["prompt_len"], {}).get("prefill_ms")
         if "layer_device_ms" in r:
             share = f"{100 * r['per_request_all_layers_device_ms'] / p:.2f}%" if p else "-"
             lines.append(
                 f"| {r['images']}x{r['image_tokens']} | {r['prompt_len']} | {r['batch']} | "
-                f"{r['kept_len']} ({r['rate']}) | {r['scores_ms']:.3f} | {r['select_ms']:.3f} | "
-                f"{r['compact_ms']:.3f} ({r['compact_two_pass_ms']:.3f}) | {r['layer_device_ms']:.3f} | "
-                f"{r['layer_eager_wall_ms']:.3f} | {r['per_request_all_layers_device_ms']:.3f} | {share} | "
+                f"{r['kept_len']} ({r['rate']}) | {r['scores_ms']:.3f} | {r['select_compact_fused_ms']:.3f} | "
+                f"{r['select_torch_ms']:.3f} | {r['compact_ms']:.3f} ({r['compact_two_pass_ms']:.3f}) | "
+                f"{r['layer_device_ms']:.3f} ({r['layer_device_unfused_ms']:.3f}) | "
+                f"{r['layer_eager_wall_ms']:.3f} ({r['layer_eager_wall_unfused_ms']:.3f}) | "
+                f"{r['per_request_all_layers_device_ms']:.3f} | {share} | "
                 f"{r['scores_key_gbs']:.0f} | {r['compact_gbs']:.0f} | {r['torch_per_request_all_layers_ms']:.2f} |")
         else:
             lines.append(f"| {r['images']}x{r['image_tokens']} | {r['prompt_len']} | {r['batch']} | "
-                         f"{r['kept_len']} ({r['rate']}) | - | - | - | - | - | - | - | - | - | "
-                         f"{r['torch_per_request_all_layers_ms']:.2f} |")
+                         f"{r['kept_len']} ({r['rate']}) |" + " - |" * 10 +
+                         f" {r['torch_per_request_all_layers_ms']:.2f} |")
     lines.append("")
     lines.append("| images x tokens | batch | full L | decode attn, 28 layers, full ms | r_l=0.7 ms (ratio) "
                  "| r_l=0.4 ms (ratio) | full-cache GB/s | SDPA dense full, 1 layer ms | Triton 1 layer ms |")

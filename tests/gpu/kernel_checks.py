@@ -22,13 +22,12 @@ from vllm_plphp.config import PlphpConfig
 from vllm_plphp.gpu import (
     compact_,
     compact_batched_,
-    last_token_scores_batched,
     kept_counts_device,
+    last_token_scores_batched,
     make_plan,
     paged_decode_attention,
     prune_layer_batched_,
     score_and_select,
-    score_and_select_batched,
     select_kept_batched,
 )
 
@@ -159,7 +158,8 @@ def check_kept_counts_device(device="cpu", seed=0):
 
 
 def check_prune_layer(device="cpu", dtype=torch.float32, backend=None, seed=0, num_heads=8, num_kv_heads=2,
-                      head_size=64, block_size=16, max_prompt=400, reduce="mean"):
+                      head_size=64, block_size=16, max_prompt=400, reduce="mean", method="fused",
+                      zero_query=False):
     """The sync-free device pipeline (scores, gamma, device r_l, select, compact)
     against the oracle pipeline, per-request configs covering all three r_l cases."""
     gen = torch.Generator().manual_seed(seed)
@@ -168,12 +168,15 @@ def check_prune_layer(device="cpu", dtype=torch.float32, backend=None, seed=0, n
     images, totals = make_requests(gen, plens, [2, 1, 3, 2], extra=2)
     kv, k, v, table = paged_batch(gen, device, dtype, totals, num_kv_heads, head_size, block_size)
     q = torch.randn(batch, num_heads, head_size, generator=gen).to(device, dtype)
+    if zero_query:  # uniform attention: every score of an image ties
+        q.zero_()
     cfgs = [PlphpConfig(), PlphpConfig(alpha=0.95, beta=0.9), PlphpConfig(alpha=0.01, beta=0.0),
             PlphpConfig(r=0.3, delta_r=0.2)]
     scale = head_size ** -0.5
     plan = make_plan(images, plens, totals, device, configs=cfgs)
     k0, v0 = k.clone(), v.clone()
-    res = prune_layer_batched_(q, k, v, table, plan, scale, reduce, backend=backend)
+    res = prune_layer_batched_(q, k, v, table, plan, scale, reduce, backend=backend, method=method,
+                               return_keep=True)
     lengths = res.lengths.tolist()
     for b in range(batch):
         ids = table[b].long()
@@ -188,7 +191,7 @@ def check_prune_layer(device="cpu", dtype=torch.float32, backend=None, seed=0, n
         assert lengths[b] == ref.shape[1]
         keep = res.keep[b, :, : lengths[b]]
         assert bool((res.keep[b, :, lengths[b]:] == -1).all())
-        _assert_same_up_to_ties(keep, ref, sc)
+        _assert_same_up_to_ties(keep, ref, sc, None if zero_query else 0.01, images=imgs)
         # the cache holds, per head, the entries of the kernel's own keep, in order
         dense_k0 = compaction.gather(k0, ids, totals[b])
         dense_v0 = compaction.gather(v0, ids, totals[b])
@@ -204,12 +207,19 @@ def check_prune_layer(device="cpu", dtype=torch.float32, backend=None, seed=0, n
         assert kv.data_ptr() == k.data_ptr()
 
 
-def _assert_same_up_to_ties(keep, ref, ref_scores, max_diff_frac=0.01, mass_tol=1e-5):
-    """keep equals ref except where near-equal scores swapped places."""
+def _assert_same_up_to_ties(keep, ref, ref_scores, max_diff_frac=0.01, mass_tol=1e-5, images=None):
+    """keep equals ref except where near-equal scores swapped places: same size,
+    same count per image, and the oracle-score mass of the differing entries equal.
+    max_diff_frac=None allows any number of swaps (all-tied scores)."""
     for h in range(keep.shape[0]):
         a, r = set(keep[h].tolist()), set(ref[h].tolist())
+        assert len(a) == len(r) == keep.shape[1], h
+        for img in images or []:
+            img = set(img.tolist())
+            assert len(a & img) == len(r & img), (h, len(a & img), len(r & img))
         diff = len(a - r)
-        assert diff <= max(2, max_diff_frac * len(r)), (h, diff)
+        if max_diff_frac is not None:
+            assert diff <= max(2, max_diff_frac * len(r)), (h, diff)
         if diff:
             s = ref_scores[h].double().cpu()
             only_a = torch.tensor(sorted(a - r))
@@ -298,7 +308,11 @@ def run_all(device, dtype, backend, real_shapes=False, seeds=(0, 1, 2)):
             seed=seed, vllm_layout=False)
         run(f"decode seed{seed}", check_decode, device=device, dtype=dtype, backend=backend, seed=seed)
         run(f"kept counts device seed{seed}", check_kept_counts_device, device=device, seed=seed)
-        run(f"prune layer seed{seed}", check_prune_layer, device=device, dtype=dtype, backend=backend, seed=seed)
+        for method in ("fused", "inplace"):
+            run(f"prune layer {method} seed{seed}", check_prune_layer, device=device, dtype=dtype, backend=backend,
+                seed=seed, method=method)
+        run(f"prune layer fused, all scores tied, seed{seed}", check_prune_layer, device=device, dtype=dtype,
+            backend=backend, seed=seed, zero_query=True)
     if real_shapes:
         real = dict(num_heads=28, num_kv_heads=4, head_size=128, block_size=16)
         run("scores real", check_scores, device=device, dtype=dtype, backend=backend, batch=4, max_prompt=9000, **real)
@@ -308,8 +322,9 @@ def run_all(device, dtype, backend, real_shapes=False, seeds=(0, 1, 2)):
             for seed in range(3):
                 run(f"compact real {method} seed{seed}", check_compact, device=device, dtype=dtype, backend=backend,
                     method=method, seed=10 + seed, batch=8, max_total=9000, num_kv_heads=4, head_size=128)
-        run("prune layer real", check_prune_layer, device=device, dtype=dtype, backend=backend, max_prompt=9000,
-            **real)
+        for method in ("fused", "inplace"):
+            run(f"prune layer real {method}", check_prune_layer, device=device, dtype=dtype, backend=backend,
+                max_prompt=9000, method=method, **real)
         run("decode real", check_decode, device=device, dtype=dtype, backend=backend, batch=8, max_len=9000, **real)
     return results
 

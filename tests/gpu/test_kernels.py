@@ -87,6 +87,7 @@ def test_device_kept_counts_match_host_rule(seed):
 @pytest.mark.parametrize("reduce", ["mean", "max"])
 def test_fallback_prune_layer_matches_oracle_pipeline(seed, reduce):
     kc.check_prune_layer("cpu", torch.float32, None, seed=seed, reduce=reduce)
+    kc.check_prune_layer("cpu", torch.float32, None, seed=seed, reduce=reduce, zero_query=True)
 
 
 def test_fallback_score_and_select_batched_with_tensor_parallel_hooks():
@@ -128,7 +129,7 @@ def test_triton_kernels_in_interpreter_match_oracle():
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "all 10 checks passed" in proc.stdout
+    assert "all 12 checks passed" in proc.stdout
 
 
 # --------------------------------------------------------------------------- CUDA: compiled kernels
@@ -176,11 +177,13 @@ def test_selection_on_cuda_matches_oracle():
 @needs_cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reduce", ["mean", "max"])
-def test_triton_prune_layer_matches_oracle_pipeline(dtype, reduce):
+@pytest.mark.parametrize("method", ["fused", "inplace"])
+def test_triton_prune_layer_matches_oracle_pipeline(dtype, reduce, method):
     for seed in SEEDS:
-        kc.check_prune_layer("cuda", dtype, "triton", seed=seed, reduce=reduce)
+        kc.check_prune_layer("cuda", dtype, "triton", seed=seed, reduce=reduce, method=method)
     kc.check_prune_layer("cuda", dtype, "triton", seed=8, reduce=reduce, max_prompt=9000,
-                         num_heads=28, num_kv_heads=4, head_size=128)
+                         num_heads=28, num_kv_heads=4, head_size=128, method=method)
+    kc.check_prune_layer("cuda", dtype, "triton", seed=9, reduce=reduce, method=method, zero_query=True)
 
 
 @pytest.mark.gpu
@@ -194,23 +197,27 @@ def test_prune_layer_is_cuda_graph_capturable():
     from vllm_plphp.config import PlphpConfig
 
     plan = gpu.make_plan(images, [3000, 2000], totals, "cuda", configs=PlphpConfig())
-    k0, v0 = k.clone(), v.clone()
-    eager = gpu.prune_layer_batched_(q, k, v, table, plan, 128 ** -0.5)
-    k.copy_(k0), v.copy_(v0)
-    torch.cuda.synchronize()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        gpu.prune_layer_batched_(q, k, v, table, plan, 128 ** -0.5)
-    torch.cuda.current_stream().wait_stream(s)
-    k.copy_(k0), v.copy_(v0)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        res = gpu.prune_layer_batched_(q, k, v, table, plan, 128 ** -0.5)
-    k.copy_(k0), v.copy_(v0)
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(res.lengths, eager.lengths) and torch.equal(res.keep, eager.keep)
+    for method in ("fused", "inplace"):
+        k0, v0 = k.clone(), v.clone()
+        eager = gpu.prune_layer_batched_(q, k, v, table, plan, 128 ** -0.5, method=method)
+        k_eager, v_eager = k.clone(), v.clone()
+        k.copy_(k0), v.copy_(v0)
+        torch.cuda.synchronize()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            gpu.prune_layer_batched_(q, k, v, table, plan, 128 ** -0.5, method=method)
+        torch.cuda.current_stream().wait_stream(s)
+        k.copy_(k0), v.copy_(v0)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            res = gpu.prune_layer_batched_(q, k, v, table, plan, 128 ** -0.5, method=method)
+        k.copy_(k0), v.copy_(v0)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(res.lengths, eager.lengths)
+        assert torch.equal(k, k_eager) and torch.equal(v, v_eager)
+        k.copy_(k0), v.copy_(v0)
 
 
 @pytest.mark.gpu

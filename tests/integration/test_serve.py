@@ -1,9 +1,14 @@
-"""`vllm serve --attention-backend plphp` answers OpenAI chat completions with
-images through the real `openai` client."""
+"""`vllm serve --attention-backend plphp` through the real `openai` client:
+images as data URLs, multi-image messages, streaming and not, per-request
+overrides (and HTTP 400 on bad ones), and KV blocks returned after a client
+disconnects mid-stream."""
 
+import time
+
+import openai
 import pytest
 
-from tests.server import Server
+from tests.server import Server, metric_value
 from vllm_plphp.fixtures.prompts import chat_messages
 
 
@@ -14,15 +19,62 @@ def server(llava_path):
     srv.stop()
 
 
-def test_chat_completion_with_image_data_url(server):
-    client = server.client()
-    resp = client.chat.completions.create(
-        model="fixture",
-        messages=chat_messages("llava", 1, seed=0),
-        max_tokens=8,
-        temperature=0.0,
+def chat(server, n_images, seed=0, max_tokens=8, **kw):
+    return server.client().chat.completions.create(
+        model="fixture", messages=chat_messages("llava", n_images, seed=seed),
+        max_tokens=max_tokens, temperature=0.0, **kw,
     )
+
+
+def test_chat_completion_with_image_data_url(server):
+    resp = chat(server, 1)
     assert resp.choices[0].message.content
     assert resp.usage.prompt_tokens > 576  # the image's 576 tokens are in the prompt
     assert resp.usage.completion_tokens == 8
     assert "PLPHP attention backend active" in server.logs()
+
+
+def test_two_images_streaming_equals_non_streaming(server):
+    full = chat(server, 2, seed=3, max_tokens=10).choices[0].message.content
+    stream = chat(server, 2, seed=3, max_tokens=10, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == full
+
+
+def test_per_request_override_changes_pruning(server):
+    pruned = chat(server, 1, seed=5, max_tokens=16).choices[0].message.content
+    keep_all = chat(server, 1, seed=5, max_tokens=16,
+                    extra_body={"vllm_xargs": {"plphp_r": 1.0, "plphp_delta_r": 0.0}})
+    skipped = chat(server, 1, seed=5, max_tokens=16, extra_body={"vllm_xargs": {"plphp": "false"}})
+    # keeping everything and skipping pruning are both stock; default pruning differs
+    assert keep_all.choices[0].message.content == skipped.choices[0].message.content
+    assert pruned != skipped.choices[0].message.content
+
+
+@pytest.mark.parametrize(
+    "xargs,field",
+    [({"plphp_r": 1.5}, "plphp.r=1.5"), ({"plphp": '{"bogus": 1}'}, "unknown key"),
+     ({"plphp_alpha": 0.05}, "plphp.beta=0.1 must be <= plphp.alpha=0.05")],
+)
+def test_bad_override_is_http_400_naming_the_field(server, xargs, field):
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(server, 1, extra_body={"vllm_xargs": xargs})
+    assert e.value.status_code == 400
+    assert field in str(e.value)
+    assert chat(server, 0).choices[0].message.content  # the server is unaffected
+
+
+def test_client_disconnect_mid_stream_returns_every_block(server):
+    stream = chat(server, 2, seed=7, max_tokens=400, stream=True)
+    for i, _ in enumerate(stream):
+        if i == 5:
+            break
+    stream.close()  # drop the connection mid-decode
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        text = server.metrics()
+        if metric_value(text, "vllm:num_requests_running") == 0:
+            break
+        time.sleep(0.5)
+    assert metric_value(text, "vllm:num_requests_running") == 0
+    assert metric_value(text, "vllm:kv_cache_usage_perc") == 0.0

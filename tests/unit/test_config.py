@@ -61,3 +61,18 @@ def test_request_override():
         parse_override(base, {"r": 2})
     with pytest.raises(PlphpConfigError, match="unknown key"):
         parse_override(base, {"skip_first": 0})
+
+
+def test_flat_request_keys_and_string_forms():
+    from vllm_plphp.request_config import config_from_extra_args
+
+    base = PlphpConfig()
+    assert config_from_extra_args(base, None) is base
+    assert config_from_extra_args(base, {"other": 1}) is base
+    assert config_from_extra_args(base, {"plphp_r": 0.5, "plphp_delta_r": 0.1}).delta_r == 0.1
+    assert config_from_extra_args(base, {"plphp": "false"}) is None
+    assert config_from_extra_args(base, {"plphp": 0, "plphp_r": 0.5}) is None
+    with pytest.raises(PlphpConfigError, match="vllm_xargs.plphp.alpha=2"):
+        config_from_extra_args(base, {"plphp_alpha": 2})
+    with pytest.raises(PlphpConfigError, match="unknown key"):
+        config_from_extra_args(base, {"plphp_bogus": 1})

@@ -162,7 +162,7 @@ def layer_rates(gamma: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
 class LayerResult:
     """Device tensors of one pruned layer (no host sync taken)."""
 
-    keep: torch.Tensor  # (B, Hkv, L_bound) long, -1 past lengths[b]
+    keep: torch.Tensor | None  # (B, Hkv, L_bound) long, -1 past lengths[b] (None: not asked)
     lengths: torch.Tensor  # (B,) int32 kept length L_l per request
     gammas: torch.Tensor  # (B,) float32 gamma_l
     rates: torch.Tensor  # (B,) float64 r_l
@@ -179,21 +179,42 @@ def prune_layer_batched_(
     num_heads_total: int | None = None,
     all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     backend: str | None = None,
-    method: str = "inplace",
+    method: str = "fused",
+    return_keep: bool = False,
 ) -> LayerResult:
     """One pruned layer for the whole batch, entirely on the device: scores,
     gamma_l (all_reduce'd across tensor-parallel ranks if given), r_l by the
     plan's configs, per-head top-K per image, in-place compaction of K and V.
-    No host synchronization: the CPU goes on launching while the GPU works."""
+    No host synchronization: the CPU goes on launching while the GPU works.
+
+    method "fused" (Triton on CUDA): 5 Triton launches + 2 small torch ops per
+    layer (`triton_ops.select_and_compact_`); keep indices only with return_keep.
+    "inplace" / "two_pass" (or no Triton): torch top-K + index-list compaction,
+    keep always returned."""
     scores, gamma_sum, _ = last_token_scores_batched(
         queries, k_cache, block_table, plan, scale, reduce, False, backend
     )
     if all_reduce is not None:
         gamma_sum = all_reduce(gamma_sum)
     gammas = gamma_sum / (num_heads_total or queries.shape[1])
+    if plan.rate_params is None:
+        raise ValueError("make_plan(..., configs=...) is needed for device-side rates")
+    fused = (
+        method == "fused"
+        and use_triton(k_cache, backend)
+        and plan.pos.shape[1] > 0
+        and plan.pos.shape[2] <= _ops().MAX_FUSED_IMAGE
+    )
+    if fused:
+        bound = plan.bounds()[1] if return_keep else None
+        rates, lengths, keep = _ops().select_and_compact_(
+            scores, gammas, plan, k_cache, v_cache, block_table, bound
+        )
+        return LayerResult(keep, lengths, gammas, rates)
     rates = layer_rates(gammas, plan)
     keep, lengths = select_kept_device(scores, plan, rates)
-    compact_batched_(k_cache, v_cache, block_table, keep, lengths, backend, method)
+    compact_batched_(k_cache, v_cache, block_table, keep, lengths, backend,
+                     "inplace" if method == "fused" else method)
     return LayerResult(keep, lengths, gammas, rates)
 
 

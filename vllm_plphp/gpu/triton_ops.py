@@ -18,7 +18,10 @@ Kernels
                    vision sums for gamma_l (deterministic: no atomics).
   _compact_kernel  in-place per-head compaction, one program per (head, D chunk,
                    K/V, request) walking the slots in increasing order (see below).
-  _gather_kernel / _scatter_kernel   the two-pass compaction (copy out, copy back).
+  _copy_kernel     the two-pass compaction (copy out, copy back).
+  _select_kernel   r_l on the device + exact per-head top-K per image (bisection on
+                   the float bits), writes a per-head keep mask over vision positions.
+  _compact_mask_kernel  in-place compaction driven by that mask (no index lists).
   _decode_kernel / _decode_reduce_kernel   paged split-K decode attention
                    (flash-decoding), used by the benchmarks.
 """
@@ -390,6 +393,178 @@ def compact_batched_(
             )
 
 
+# --------------------------------------------------------------------------- fused select + compact
+
+
+@triton.jit
+def _select_kernel(
+    sc_ptr, ss_b, ss_h,
+    pos_ptr, sp_b, sp_j,
+    size_ptr, sz_b,
+    gamma_ptr, prm_ptr, tot_ptr,
+    vk_ptr, sv_b, sv_h,
+    rate_ptr, len_ptr,
+    J, BLOCK_S: tl.constexpr, BLOCK_J: tl.constexpr,
+):
+    """Per (image j, KV head h, request b): r_l from gamma_l (PlphpConfig's rule in
+    float64), K_j = clamp(floor(r_l * S_j + 1e-6), 1, S_j), and the exact top-K_j
+    of the head's scores over the image by a 31-step bisection on the float32 bit
+    patterns (scores are >= 0, so bit order is value order); ties at the K-th
+    value go to the earliest entries. Writes vis_keep[b, h, pos] (int8) for every
+    position of the image; program (0, 0, b) also writes r_l and L_l."""
+    j = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    g = tl.load(gamma_ptr + b).to(tl.float64)
+    r = tl.load(prm_ptr + b * 4)
+    dr = tl.load(prm_ptr + b * 4 + 1)
+    alpha = tl.load(prm_ptr + b * 4 + 2)
+    beta = tl.load(prm_ptr + b * 4 + 3)
+    rate = tl.where(g >= alpha, r + dr, tl.where(g < beta, r - dr, r))
+    if (j == 0) & (h == 0):
+        offs_j = tl.arange(0, BLOCK_J)
+        sj = tl.load(size_ptr + b * sz_b + offs_j, mask=offs_j < J, other=0.0)
+        kj = tl.minimum(tl.maximum(tl.floor(rate * sj + 1e-6), 1.0), sj)
+        total = tl.load(tot_ptr + b)
+        tl.store(len_ptr + b, (total - tl.sum((sj - kj).to(tl.int64), axis=0)).to(tl.int32))
+        tl.store(rate_ptr + b, rate)
+    s_f = tl.load(size_ptr + b * sz_b + j)
+    if s_f > 0:
+        k = tl.minimum(tl.maximum(tl.floor(rate * s_f + 1e-6), 1.0), s_f).to(tl.int32)
+        offs = tl.arange(0, BLOCK_S)
+        m = offs < s_f.to(tl.int32)
+        p = tl.load(pos_ptr + b * sp_b + j * sp_j + offs, mask=m, other=0)
+        x = tl.load(sc_ptr + b * ss_b + h * ss_h + p, mask=m, other=0.0)
+        bits = tl.where(m, x.to(tl.int32, bitcast=True), -1)
+        prefix = tl.program_id(0) * 0  # int32 scalar 0
+        for i in range(31):
+            cand = prefix | (1 << (30 - i))
+            cnt = tl.sum((bits >= cand).to(tl.int32), axis=0)
+            prefix = tl.where(cnt >= k, cand, prefix)
+        gt = bits > prefix
+        eq = bits == prefix
+        n_gt = tl.sum(gt.to(tl.int32), axis=0)
+        rank = tl.cumsum(eq.to(tl.int32), axis=0)
+        keep = gt | (eq & (rank <= k - n_gt))
+        tl.store(vk_ptr + b * sv_b + h * sv_h + p, keep.to(tl.int8), mask=m)
+
+
+@triton.jit
+def _compact_mask_kernel(
+    c_ptr, kv_off, s_n, s_h, s_s, s_d,
+    bt_ptr, sbt_b,
+    vk_ptr, sv_b, sv_h,
+    vis_ptr, svis_b,
+    plen_ptr, tot_ptr,
+    keep_ptr, skp_b, skp_h,
+    D: tl.constexpr, BS: tl.constexpr, NUM_DC: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, WRITE_KEEP: tl.constexpr,
+):
+    """In-place compaction driven by the keep mask (non-vision positions, and the
+    vision positions with vis_keep != 0): walks positions in increasing order,
+    slot = number of kept positions before. Overlap-safe as _compact_kernel: a
+    tile reads positions [p0, p0+T) and writes slots [c0, c0+n) with c0 <= p0 and
+    c0+n <= p0+T; earlier tiles wrote slots < c0, later tiles read positions
+    >= p0+T; the barrier orders the tile's own loads before its stores.
+    With WRITE_KEEP, program (0, 0, b) also writes keep[b, h, slot] = position."""
+    pid = tl.program_id(0)
+    c = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    h = pid // NUM_DC
+    dc = pid % NUM_DC
+    total = tl.load(tot_ptr + b)
+    plen = tl.load(plen_ptr + b)
+    offs_d = dc * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    base = c_ptr + c.to(tl.int64) * kv_off + h * s_h
+    count = pid * 0  # int32 scalar 0
+    writer = (dc == 0) & (c == 0)
+    for start in range(0, total, BLOCK_L):
+        offs = start + tl.arange(0, BLOCK_L)
+        inb = offs < total
+        isv = tl.load(vis_ptr + b * svis_b + offs, mask=inb & (offs < plen), other=0) != 0
+        vk = tl.load(vk_ptr + b * sv_b + h * sv_h + offs, mask=isv, other=1)
+        mk = inb & (vk != 0)
+        mk_i = mk.to(tl.int32)
+        dst = count + tl.cumsum(mk_i, axis=0) - 1
+        if WRITE_KEEP:
+            tl.store(keep_ptr + b * skp_b + h * skp_h + dst, offs.to(tl.int64), mask=mk & writer)
+        move = mk & (dst != offs)
+        sblk = tl.load(bt_ptr + b * sbt_b + offs // BS, mask=move, other=0).to(tl.int64)
+        dblk = tl.load(bt_ptr + b * sbt_b + dst // BS, mask=move, other=0).to(tl.int64)
+        mask2 = move[:, None] & dmask[None, :]
+        x = tl.load(base + sblk[:, None] * s_n + (offs % BS)[:, None] * s_s + offs_d[None, :] * s_d, mask=mask2)
+        tl.debug_barrier()
+        tl.store(base + dblk[:, None] * s_n + (dst % BS)[:, None] * s_s + offs_d[None, :] * s_d, x, mask=mask2)
+        tl.debug_barrier()
+        count += tl.sum(mk_i, axis=0)
+
+
+MAX_FUSED_IMAGE = 32768  # larger images use the torch top-K path
+
+
+def select_and_compact_(
+    scores: torch.Tensor,
+    gammas: torch.Tensor,
+    plan,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    keep_bound: int | None = None,
+):
+    """Fused tail of one pruned layer: r_l, per-head top-K per image, in-place
+    compaction (2 launches, no host sync). plan: `vllm_plphp.gpu.select.BatchPlan`
+    with rate_params. Returns (rates (B,) f64, lengths (B,) int32, keep or None);
+    keep (B, Hkv, keep_bound) long with -1 padding when keep_bound is given."""
+    batch, num_kv_heads = scores.shape[0], scores.shape[1]
+    num_img, smax = plan.pos.shape[1], plan.pos.shape[2]
+    dev = scores.device
+    pmax = scores.shape[2]
+    vis_keep = torch.empty(batch, num_kv_heads, max(pmax, 1), dtype=torch.int8, device=dev)
+    rates = torch.empty(batch, dtype=torch.float64, device=dev)
+    lengths = torch.empty(batch, dtype=torch.int32, device=dev)
+    block_s = _pow2(smax, 16)
+    _select_kernel[(num_img, num_kv_heads, batch)](
+        scores, scores.stride(0), scores.stride(1),
+        plan.pos, plan.pos.stride(0), plan.pos.stride(1),
+        plan.sizes_dev, plan.sizes_dev.stride(0),
+        gammas, plan.rate_params, plan.total_lens_dev,
+        vis_keep, vis_keep.stride(0), vis_keep.stride(1),
+        rates, lengths,
+        num_img, BLOCK_S=block_s, BLOCK_J=_pow2(num_img),
+        num_warps=4 if block_s <= 2048 else (8 if block_s <= 8192 else 16),
+    )
+    keep = None
+    if keep_bound is not None:
+        keep = torch.full((batch, num_kv_heads, keep_bound), -1, dtype=torch.long, device=dev)
+    head_size, block_size = k_cache.shape[3], k_cache.shape[2]
+    full = batch * num_kv_heads * 2 >= 2 * _num_sms(dev)
+    block_d = _pow2(head_size) if full else min(16, _pow2(head_size))
+    block_l = 64 if full else 256
+    num_dc = triton.cdiv(head_size, block_d)
+    esize = k_cache.element_size()
+    delta = v_cache.data_ptr() - k_cache.data_ptr()
+    if k_cache.stride() == v_cache.stride() and v_cache.dtype == k_cache.dtype and delta % esize == 0:
+        launches = [(k_cache, delta // esize, 2)]
+    else:
+        launches = [(k_cache, 0, 1), (v_cache, 0, 1)]
+    vis = plan.vision_mask
+    for i, (cache, kv_off, n_caches) in enumerate(launches):
+        write_keep = keep is not None and i == 0
+        _compact_mask_kernel[(num_kv_heads * num_dc, n_caches, batch)](
+            cache, kv_off, *cache.stride(),
+            block_table, block_table.stride(0),
+            vis_keep, vis_keep.stride(0), vis_keep.stride(1),
+            vis, vis.stride(0),
+            plan.prompt_lens_dev, plan.total_lens_dev,
+            keep if write_keep else lengths, keep.stride(0) if write_keep else 0,
+            keep.stride(1) if write_keep else 0,
+            D=head_size, BS=block_size, NUM_DC=num_dc, BLOCK_L=block_l, BLOCK_D=block_d,
+            WRITE_KEEP=write_keep, num_warps=4,
+        )
+    return rates, lengths, keep
+
+
 # --------------------------------------------------------------------------- decode attention
 
 
@@ -531,6 +706,7 @@ def paged_decode_attention(
 
 __all__ = [
     "last_token_scores",
+    "select_and_compact_",
     "compact_batched_",
     "paged_decode_attention",
     "decode_splits",

@@ -1,0 +1,160 @@
+"""Stock `vllm serve` vs `vllm serve --attention-backend plphp`, one after the
+other, same fixture, same KV budget, same concurrent streaming OpenAI chat
+workload. Prints, side by side: KV per running request during decode, peak
+concurrent running requests, output tokens/s, and PLPHP/stock ratios; then the
+share of prefill-step time spent scoring + compacting (offline engine).
+
+  .venv/bin/python benchmarks/serve_capacity.py            # r in 0.3 0.4 0.5
+  .venv/bin/python benchmarks/serve_capacity.py --quick    # smaller workload
+
+Random-weight fixtures put ~95% of the last token's attention on the image,
+so every layer is "vision-attentive" at the paper's alpha=0.25 and keeps
+r + delta_r. Rows marked "balanced" set alpha=1, beta=0 so every pruned layer
+keeps exactly r (what a real model's balanced layers do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.server import Server, metric_value  # noqa: E402
+from vllm_plphp.fixtures import build_fixture  # noqa: E402
+from vllm_plphp.fixtures.prompts import chat_messages  # noqa: E402
+
+
+class Sampler(threading.Thread):
+    """Polls /metrics: running requests and KV usage while the workload runs."""
+
+    def __init__(self, server: Server, period: float = 0.25):
+        super().__init__(daemon=True)
+        self.server, self.period, self.samples, self.stop = server, period, [], False
+
+    def run(self):
+        while not self.stop:
+            try:
+                text = self.server.metrics()
+                self.samples.append((
+                    metric_value(text, "vllm:num_requests_running") or 0,
+                    metric_value(text, "vllm:num_requests_waiting") or 0,
+                    metric_value(text, "vllm:kv_cache_usage_perc") or 0,
+                ))
+            except OSError:
+                pass
+            time.sleep(self.period)
+
+
+async def one_request(client, i: int, max_tokens: int) -> int:
+    stream = await client.chat.completions.create(
+        model="fixture", messages=chat_messages("llava", 1, seed=100 + i),
+        max_tokens=max_tokens, temperature=0, stream=True,
+        extra_body={"ignore_eos": True}, stream_options={"include_usage": True},
+    )
+    tokens = 0
+    async for chunk in stream:
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    return tokens
+
+
+async def workload(url: str, n: int, max_tokens: int) -> int:
+    from openai import AsyncOpenAI
+
+    async with AsyncOpenAI(base_url=url + "/v1", api_key="EMPTY", max_retries=0, timeout=1800) as client:
+        return sum(await asyncio.gather(*(one_request(client, i, max_tokens) for i in range(n))))
+
+
+def run_server(model: str, plphp: dict | None, args) -> dict:
+    extra = ["--block-size", str(args.block_size), "--max-num-seqs", str(args.requests),
+             "--max-model-len", "1024",
+             "--max-num-batched-tokens", "8192"]
+    srv = Server(model, *extra, plphp=plphp, kv_bytes=args.kv_mib << 20, timeout=600)
+    try:
+        asyncio.run(workload(srv.url, 1, 2))  # warm-up
+        sampler = Sampler(srv)
+        sampler.start()
+        start = time.perf_counter()
+        tokens = asyncio.run(workload(srv.url, args.requests, args.max_tokens))
+        elapsed = time.perf_counter() - start
+        sampler.stop = True
+        sampler.join()
+    finally:
+        srv.stop()
+    running = [s for s in sampler.samples if s[0] > 0]
+    # decode-only samples: nothing waiting to be prefilled, every running request decoding
+    decode = [s for s in running if s[1] == 0] or running
+    per_req = sorted(s[2] / s[0] for s in decode)
+    return {
+        "kv_per_req": per_req[len(per_req) // 2] * args.kv_mib if per_req else float("nan"),
+        "peak_running": max((s[0] for s in running), default=0),
+        "tok_s": tokens / elapsed,
+    }
+
+
+def prune_overhead(model: str, r: float) -> float:
+    """Share of the pruning steps' time spent in scoring + compaction."""
+    from vllm import LLM, SamplingParams
+
+    from vllm_plphp.fixtures.prompts import prompt_inputs
+    from vllm_plphp.worker_ext import WORKER_EXT
+
+    llm = LLM(model=model, dtype="float32", max_model_len=4096, enforce_eager=True,
+              kv_cache_memory_bytes=256 << 20, limit_mm_per_prompt={"image": 2},
+              attention_backend="plphp", additional_config={"plphp": {"r": r}},
+              worker_extension_cls=WORKER_EXT)
+    params = SamplingParams(max_tokens=1, temperature=0)
+    llm.generate([prompt_inputs("llava", 1, 1)], params)
+    llm.collective_rpc("plphp_timing", args=(True,))
+    for seed in range(4):  # one request per step: each step is one request's prefill
+        llm.generate([prompt_inputs("llava", 1, 10 + seed)], params)
+    t = llm.collective_rpc("plphp_timing")[0]
+    llm.llm_engine.engine_core.shutdown()
+    return t["prune_seconds"] / t["pruning_step_seconds"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", default="bench")
+    ap.add_argument("--kv-mib", type=int, default=96)
+    ap.add_argument("--block-size", type=int, default=32)
+    ap.add_argument("--requests", type=int, default=24)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--rates", default="0.3,0.4,0.5")
+    ap.add_argument("--quick", action="store_true", help="12 requests, 32 tokens, r=0.4 only")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+    if args.quick:
+        args.requests, args.max_tokens, args.rates = 12, 32, "0.4"
+    model = build_fixture("llava", args.variant)
+    configs = [("stock", None)]
+    for r in (float(x) for x in args.rates.split(",")):
+        configs.append((f"plphp r={r}", {"r": r}))
+        configs.append((f"plphp r={r} balanced", {"r": r, "alpha": 1.0, "beta": 0.0}))
+    results = {}
+    for name, plphp in configs:
+        print(f"[bench] {name} ...", flush=True)
+        results[name] = run_server(model, plphp, args)
+    overhead = prune_overhead(model, 0.4)
+    base = results["stock"]
+    print(f"\nllava-{args.variant}, KV budget {args.kv_mib} MiB, block {args.block_size}, "
+          f"{args.requests} concurrent 1-image requests x {args.max_tokens} tokens (streaming)")
+    print(f"{'config':26s} {'KV/req MiB':>10s} {'ratio':>6s} {'peak run':>8s} {'ratio':>6s} "
+          f"{'tok/s':>7s} {'ratio':>6s}")
+    for name, r in results.items():
+        print(f"{name:26s} {r['kv_per_req']:10.2f} {r['kv_per_req'] / base['kv_per_req']:6.2f} "
+              f"{r['peak_running']:8.0f} {r['peak_running'] / base['peak_running']:6.2f} "
+              f"{r['tok_s']:7.1f} {r['tok_s'] / base['tok_s']:6.2f}")
+    print(f"\nscoring + compaction share of pruning prefill steps (r=0.4): {overhead:.2%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "prune_overhead": overhead}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
