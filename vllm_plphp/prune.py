@@ -94,6 +94,12 @@ def _prune_layer(impl, layer, query: torch.Tensor, kv_cache: torch.Tensor) -> No
         compaction.compact_(k_cache, v_cache, block_ids, keep)
         kept = keep.shape[1]
         _commit(table, target, gid, kept)
+        if STATE.keep_layer == layer_idx:
+            STATE.keep_maps[target.req_id] = {
+                "layer": layer_idx,
+                "images": [p.tolist() for p in target.images],
+                "keep": keep.cpu().tolist(),  # (Hkv, L) positions per KV head
+            }
         STATE.records.setdefault(target.req_id, {})[layer_idx] = LayerRecord(
             gamma=gamma,
             rate=rate,

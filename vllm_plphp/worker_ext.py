@@ -52,6 +52,18 @@ class PlphpWorkerExtension:
             STATE.prune_seconds = STATE.pruning_step_seconds = 0.0
         return out
 
+    def plphp_record_keep(self, layer: int | None) -> None:
+        """Keep each KV head's kept positions of `layer` for later requests."""
+        from vllm_plphp.worker_state import STATE
+
+        STATE.keep_layer = layer
+        STATE.keep_maps.clear()
+
+    def plphp_keep_maps(self) -> dict:
+        from vllm_plphp.worker_state import STATE
+
+        return dict(STATE.keep_maps)
+
     def plphp_attention_impls(self) -> dict:
         """{layer_name: attention impl class path} of the loaded model."""
         runner = self.model_runner

@@ -46,6 +46,9 @@ class WorkerState:
     # time spent scoring + compacting, and in the steps that pruned (seconds)
     prune_seconds: float = 0.0
     pruning_step_seconds: float = 0.0
+    # inspection: layer index whose per-head kept vision positions are kept
+    keep_layer: int | None = None
+    keep_maps: dict[str, dict] = field(default_factory=dict)
     # debug: layer_name -> seq_lens the stock kernel received in the last step
     record_seq_lens: bool = False
     last_seq_lens: dict[str, list[int]] = field(default_factory=dict)

@@ -1,0 +1,46 @@
+"""`vllm-plphp inspect` runs one prefill on the real engine, prints the table,
+writes the PNG, and its numbers match the HF reference's for the same prompt."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vllm_plphp.config import PlphpConfig
+from vllm_plphp.fixtures.prompts import get_prompt, make_image
+
+CLI = str(Path(sys.executable).with_name("vllm-plphp"))
+
+
+def test_inspect_png_and_numbers_match_reference(tmp_path, llava_path):
+    image = tmp_path / "img.png"
+    make_image(4, 336).save(image)
+    out_png, out_json = tmp_path / "inspect.png", tmp_path / "inspect.json"
+    question = "Describe the image in detail."
+    proc = subprocess.run(
+        [CLI, "inspect", "--model", llava_path, "--image", str(image), "--prompt", question,
+         "--layer", "5", "--out", str(out_png), "--json", str(out_json), "--dtype", "float32"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out_png.stat().st_size > 10_000
+    result = json.loads(out_json.read_text())
+    assert "gamma" in proc.stdout and "wrote" in proc.stdout
+    km = result["keep_map"]
+    assert km["layer"] == 5 and len(km["keep"]) == 2  # two KV heads
+    assert km["keep"][0] != km["keep"][1]  # heads keep different tokens
+
+    from vllm_plphp.reference import ReferenceModel
+
+    text, images = get_prompt("llava", 1, seed=4, question=question)
+    _, ref = ReferenceModel(llava_path).generate(text, images, 1, PlphpConfig())
+    rows = {r["layer"]: r for r in result["layers"]}
+    assert sorted(rows) == sorted(ref)
+    for layer, r in ref.items():
+        assert rows[layer]["kept"] == r["kept"]
+        assert rows[layer]["gamma"] == pytest.approx(r["gamma"], abs=1e-4)
+        assert rows[layer]["rate"] == pytest.approx(r["rate"])
+        line = f"{layer:5d} {rows[layer]['gamma']:7.4f}"
+        assert line in proc.stdout
