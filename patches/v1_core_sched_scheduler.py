@@ -9,16 +9,19 @@ How: before the original, read the ModelRunnerOutput's `plphp_pruned` events
 that pruned and before the next schedule(): the worker has finished writing
 and will not touch those blocks again (it dropped them from its block table
 in the same step), so they are safe to hand to other requests. Requests that
-already left the manager (aborted, finished) are skipped.
+already left the manager (aborted, finished) are skipped. The step's metric
+counts (`plphp_stats`) and the blocks freed go to `vllm_plphp.metrics`.
 vLLM versions checked: 0.32.0 (synchronous scheduling; async is refused).
 Remove when: vLLM has a worker-to-KV-cache-manager channel.
 """
 
 from vllm.v1.core.sched.scheduler import Scheduler
 
+from vllm_plphp.metrics import EngineStats
 from vllm_plphp.patches import original, patch
 
 EVENTS_ATTR = "plphp_pruned"
+STATS_ATTR = "plphp_stats"
 
 
 def commit_prunes(scheduler, events: dict) -> int:
@@ -35,11 +38,13 @@ def commit_prunes(scheduler, events: dict) -> int:
 
 def _update_from_output(self, scheduler_output, model_runner_output, *args, **kwargs):
     events = getattr(model_runner_output, EVENTS_ATTR, None)
-    if events:
-        freed = commit_prunes(self, events)
+    step_stats = getattr(model_runner_output, STATS_ATTR, None)
+    if events or step_stats:
+        freed = commit_prunes(self, events) if events else 0
         stats = getattr(self, "plphp_stats", None)
-        if stats is not None:
-            stats.record_step(events, freed)
+        if stats is None:
+            stats = self.plphp_stats = EngineStats()
+        stats.add(step_stats, freed)
     return original(Scheduler, "update_from_output")(
         self, scheduler_output, model_runner_output, *args, **kwargs
     )

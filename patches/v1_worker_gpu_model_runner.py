@@ -9,9 +9,10 @@ How: `_update_states`: before it, forget finished and preempted (resumed)
 requests' pruned counts. `_prepare_inputs`: before it, plan this step's prune
 targets once (`vllm_plphp.plan.plan_step`). `execute_model`: clear the targets
 when the step ends, so no other forward (dummy runs) can prune.
-`execute_model` / `sample_tokens`: attach this step's prune events to the
-ModelRunnerOutput as attribute `plphp_pruned` (it is pickled to the engine
-core with the rest of the output; see patches/v1_core_sched_scheduler.py).
+`execute_model` / `sample_tokens`: attach this step's prune events and metric
+counts to the ModelRunnerOutput as attributes `plphp_pruned` / `plphp_stats`
+(pickled to the engine core with the rest of the output; see
+patches/v1_core_sched_scheduler.py).
 vLLM versions checked: 0.32.0.
 Remove when: vLLM passes request metadata to attention backends per step and
 has a worker-to-scheduler channel for KV cache managers.
@@ -28,6 +29,7 @@ from vllm_plphp.plan import plan_step
 from vllm_plphp.worker_state import STATE
 
 EVENTS_ATTR = "plphp_pruned"
+STATS_ATTR = "plphp_stats"
 
 
 def _attach(runner) -> bool:
@@ -67,19 +69,23 @@ def _prepare_inputs(self, scheduler_output, num_scheduled_tokens, *args, **kwarg
             num_scheduled_tokens,
             self.requests,
             STATE.config,
+            on_skip=lambda: STATE.count("requests_skipped"),
         )
+        if STATE.targets:
+            STATE.count("requests_pruned", len(STATE.targets))
     return original(GPUModelRunner, "_prepare_inputs")(
         self, scheduler_output, num_scheduled_tokens, *args, **kwargs
     )
 
 
 def _with_events(output):
-    if not STATE.events or not isinstance(output, ModelRunnerOutput):
+    if not (STATE.events or STATE.step_stats) or not isinstance(output, ModelRunnerOutput):
         return output
     if output is EMPTY_MODEL_RUNNER_OUTPUT:  # a shared singleton: never mutate it
         output = copy.copy(output)
     setattr(output, EVENTS_ATTR, STATE.events)
-    STATE.events = {}
+    setattr(output, STATS_ATTR, STATE.step_stats)
+    STATE.events, STATE.step_stats = {}, {}
     return output
 
 

@@ -46,7 +46,11 @@ def register() -> None:
         # would fail. Pickle it as a call that registers first.
         member.__reduce_ex__ = lambda protocol: (backend_member, ())
 
+    from vllm_plphp.metrics import register_collector
     from vllm_plphp.patches import apply_patches
 
     apply_patches()
+    # fixes the stats file path in the environment before the engine core is
+    # spawned, and exposes it on this process's /metrics (the API server's)
+    register_collector()
     _registered = True

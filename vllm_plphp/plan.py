@@ -54,6 +54,7 @@ def plan_step(
     num_scheduled: np.ndarray,
     requests: dict,
     base: PlphpConfig,
+    on_skip=None,
 ) -> list[PruneTarget]:
     """Rows whose scheduled tokens reach their last prompt token.
 
@@ -74,6 +75,8 @@ def plan_step(
                 logger.warning("request %s: PLPHP skipped: %s", req_id, e)
                 config = None
             images = vision_positions(state.mm_features)
+            if config is None and images and on_skip is not None:
+                on_skip()
             if config is not None and images:
                 targets.append(
                     PruneTarget(

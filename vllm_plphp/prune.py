@@ -94,6 +94,9 @@ def _prune_layer(impl, layer, query: torch.Tensor, kv_cache: torch.Tensor) -> No
         compaction.compact_(k_cache, v_cache, block_ids, keep)
         kept = keep.shape[1]
         _commit(table, target, gid, kept)
+        STATE.count("vision_tokens_seen", int(vision.numel()))
+        STATE.count("vision_tokens_kept", int(vision.numel()) - (target.total_len - kept))
+        STATE.step_stats.setdefault("rates", []).append(rate)
         if STATE.keep_layer == layer_idx:
             STATE.keep_maps[target.req_id] = {
                 "layer": layer_idx,

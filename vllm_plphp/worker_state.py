@@ -40,6 +40,11 @@ class WorkerState:
     pruned: dict[str, dict[int, int]] = field(default_factory=dict)
     # this step's prunes for the scheduler: req_id -> {group id: (pruned, T)}
     events: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)
+    # this step's counts for metrics (vllm_plphp.metrics.COUNTERS, "rates")
+    step_stats: dict = field(default_factory=dict)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.step_stats[name] = self.step_stats.get(name, 0) + n
     # req_id -> {layer_index: LayerRecord}; finished requests move to `finished`
     records: dict[str, dict[int, LayerRecord]] = field(default_factory=dict)
     finished: OrderedDict = field(default_factory=OrderedDict)

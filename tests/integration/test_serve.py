@@ -78,3 +78,21 @@ def test_client_disconnect_mid_stream_returns_every_block(server):
         time.sleep(0.5)
     assert metric_value(text, "vllm:num_requests_running") == 0
     assert metric_value(text, "vllm:kv_cache_usage_perc") == 0.0
+
+
+def test_plphp_metrics_on_metrics_endpoint(server):
+    before = server.metrics()
+    get = lambda text, name: metric_value(text, name) or 0.0
+    chat(server, 2, seed=11, max_tokens=4)
+    chat(server, 1, seed=12, max_tokens=4, extra_body={"vllm_xargs": {"plphp": "false"}})
+    time.sleep(1.0)
+    after = server.metrics()
+    assert get(after, "vllm:plphp_requests_pruned_total") - get(before, "vllm:plphp_requests_pruned_total") == 1
+    assert get(after, "vllm:plphp_requests_skipped_total") - get(before, "vllm:plphp_requests_skipped_total") == 1
+    seen = get(after, "vllm:plphp_vision_tokens_seen_total") - get(before, "vllm:plphp_vision_tokens_seen_total")
+    kept = get(after, "vllm:plphp_vision_tokens_kept_total") - get(before, "vllm:plphp_vision_tokens_kept_total")
+    assert seen == 21 * 2 * 576  # 21 pruned layers x 2 images x 576 tokens
+    assert 0 < kept < seen
+    assert get(after, "vllm:plphp_kv_blocks_freed_total") > get(before, "vllm:plphp_kv_blocks_freed_total")
+    count = get(after, "vllm:plphp_layer_retention_count") - get(before, "vllm:plphp_layer_retention_count")
+    assert count == 21

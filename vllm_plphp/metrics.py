@@ -1,0 +1,110 @@
+"""PLPHP metrics in vLLM's Prometheus namespace, on the server's `/metrics`.
+
+The counts arise in the engine core (the scheduler applies the worker's prune
+events) but `/metrics` is served by the API server process. The engine core
+writes its totals to a small JSON file (atomically, at most twice a second);
+a Prometheus collector registered in the API server reads it at scrape time.
+The file path is chosen by the first process that registers the plugin and
+passed on through the environment (`VLLM_PLPHP_STATS_FILE`), which the engine
+core inherits.
+
+Metrics:
+  vllm:plphp_requests_pruned_total     requests whose prefill was pruned
+  vllm:plphp_requests_skipped_total    image requests that opted out ("plphp": false)
+  vllm:plphp_vision_tokens_seen_total  vision tokens entering pruned layers (per layer)
+  vllm:plphp_vision_tokens_kept_total  of those, kept per KV head (per layer)
+  vllm:plphp_kv_blocks_freed_total     KV blocks returned to the pool by pruning
+  vllm:plphp_layer_retention           histogram of the chosen r_l per (request, layer)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+ENV = "VLLM_PLPHP_STATS_FILE"
+BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+COUNTERS = ("requests_pruned", "requests_skipped", "vision_tokens_seen",
+            "vision_tokens_kept", "kv_blocks_freed")
+
+
+def stats_path() -> str:
+    path = os.environ.get(ENV)
+    if not path:
+        path = os.path.join(tempfile.gettempdir(), f"vllm-plphp-stats-{os.getpid()}.json")
+        os.environ[ENV] = path
+    return path
+
+
+class EngineStats:
+    """Engine-core totals; `add` merges one step's worker stats and freed blocks."""
+
+    def __init__(self, path: str | None = None):
+        self.path = path or stats_path()
+        self.totals = {name: 0 for name in COUNTERS}
+        self.buckets = [0] * len(BUCKETS)
+        self.rate_sum = 0.0
+        self.rate_count = 0
+
+    def add(self, step: dict | None, freed: int) -> None:
+        step = step or {}
+        for name in COUNTERS:
+            self.totals[name] += int(step.get(name, 0))
+        self.totals["kv_blocks_freed"] += freed
+        for rate in step.get("rates", ()):
+            self.rate_sum += rate
+            self.rate_count += 1
+            for i, bound in enumerate(BUCKETS):
+                if rate <= bound + 1e-9:
+                    self.buckets[i] += 1
+        # only steps that prune or skip carry stats (prefill ends), so writing
+        # each time is cheap and the file is never stale
+        self.write()
+
+    def write(self) -> None:
+        data = {"totals": self.totals, "buckets": self.buckets,
+                "rate_sum": self.rate_sum, "rate_count": self.rate_count}
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, self.path)
+
+
+class PlphpCollector:
+    """Prometheus collector for the API server: reads the engine's stats file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+        try:
+            with open(self.path) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            data = {"totals": {n: 0 for n in COUNTERS}, "buckets": [0] * len(BUCKETS),
+                    "rate_sum": 0.0, "rate_count": 0}
+        for name in COUNTERS:
+            yield CounterMetricFamily(f"vllm:plphp_{name}", f"PLPHP {name.replace('_', ' ')}",
+                                      value=data["totals"].get(name, 0))
+        # data["buckets"][i] already counts every rate <= BUCKETS[i] (cumulative)
+        buckets = [(f"{bound:g}", count) for bound, count in zip(BUCKETS, data["buckets"])]
+        buckets.append(("+Inf", data["rate_count"]))
+        yield HistogramMetricFamily("vllm:plphp_layer_retention", "PLPHP retention rate r_l per (request, layer)",
+                                    buckets=buckets, sum_value=data["rate_sum"])
+
+
+_collector_registered = False
+
+
+def register_collector() -> None:
+    """In the API server process: expose the engine's PLPHP stats on /metrics."""
+    global _collector_registered
+    if _collector_registered:
+        return
+    from prometheus_client import REGISTRY
+
+    REGISTRY.register(PlphpCollector(stats_path()))
+    _collector_registered = True
