@@ -10,12 +10,14 @@ and the new pruned count in the layer's block table.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 
 import torch
 from vllm.platforms import current_platform
 
 from vllm_plphp import compaction, kv_layout, scoring
+from vllm_plphp.log import logger
 from vllm_plphp.worker_state import STATE, LayerRecord
 
 
@@ -97,6 +99,8 @@ def _prune_layer(impl, layer, query: torch.Tensor, kv_cache: torch.Tensor) -> No
         STATE.count("vision_tokens_seen", int(vision.numel()))
         STATE.count("vision_tokens_kept", int(vision.numel()) - (target.total_len - kept))
         STATE.step_stats.setdefault("rates", []).append(rate)
+        if layer_idx == STATE.num_layers - base.skip_last - 1:  # last pruned layer
+            _log_request(target)
         if STATE.keep_layer == layer_idx:
             STATE.keep_maps[target.req_id] = {
                 "layer": layer_idx,
@@ -111,6 +115,23 @@ def _prune_layer(impl, layer, query: torch.Tensor, kv_cache: torch.Tensor) -> No
             vision=int(vision.numel()),
             vision_kept=int(vision.numel()) - (target.total_len - kept),
         )
+
+
+def _log_request(target) -> None:
+    """Debug line per request: per-layer category (A attentive, B balanced,
+    I indifferent), then kept/total entries summed over pruned layers."""
+    if not logger.isEnabledFor(logging.DEBUG):
+        return
+    c = target.config
+    layers = STATE.records.get(target.req_id, {})
+    cats = "".join(
+        "A" if r.gamma >= c.alpha else ("I" if r.gamma < c.beta else "B")
+        for _, r in sorted(layers.items())
+    )
+    kept = sum(r.kept for r in layers.values())
+    total = sum(r.total for r in layers.values())
+    logger.debug("PLPHP request %s: layers %d.. categories %s, kept %d/%d entries",
+                 target.req_id, min(layers, default=0), cats, kept, total)
 
 
 def _commit(table, target, gid: int, kept: int) -> None:
