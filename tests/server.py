@@ -43,8 +43,7 @@ class Server:
         self._wait(timeout)
 
     def _wait(self, timeout: float) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        for _ in range(int(timeout)):  # about one poll per second
             if self.proc.poll() is not None:
                 raise RuntimeError(f"vllm serve exited {self.proc.returncode}:\n{self.logs()[-4000:]}")
             try:
