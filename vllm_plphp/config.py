@@ -32,6 +32,9 @@ class PlphpConfig:
     gqa_reduce: str = "mean"  # how a KV head scores a token from its query heads
     skip_first: int = 2  # leading decoder layers that keep everything
     skip_last: int = 1  # trailing decoder layers that keep everything
+    policy: str = "plphp"  # "plphp" | "fastv" | "vtw" (vllm_plphp.policies)
+    k: int = 2  # FastV / VTW: first layer without the dropped vision tokens
+    fastv_r: float = 0.5  # FastV: fraction R of vision tokens dropped
 
     def __post_init__(self) -> None:
         _check_range("r", self.r, 0.0, 1.0)
@@ -58,7 +61,18 @@ class PlphpConfig:
                 f"plphp.gqa_reduce={self.gqa_reduce!r} is not allowed "
                 "(allowed: 'mean', 'max')"
             )
-        for name in ("skip_first", "skip_last"):
+        if self.policy not in ("plphp", "fastv", "vtw"):
+            raise PlphpConfigError(
+                f"plphp.policy={self.policy!r} is not allowed "
+                "(allowed: 'plphp', 'fastv', 'vtw')"
+            )
+        _check_range("fastv_r", self.fastv_r, 0.0, 1.0)
+        if self.policy == "fastv" and isinstance(self.k, int) and self.k < 1:
+            raise PlphpConfigError(
+                f"plphp.k={self.k!r} is not allowed with policy 'fastv' "
+                "(allowed: integer >= 1; layer k-1 ranks the vision tokens)"
+            )
+        for name in ("skip_first", "skip_last", "k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise PlphpConfigError(

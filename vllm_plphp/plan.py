@@ -8,7 +8,7 @@ preempted request (its cache was dropped and is rebuilt from position 0).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ class PruneTarget:
     total_len: int  # T: tokens in the cache once this step is done (T >= P)
     images: list[torch.Tensor]  # per image, its vision positions (is_embed only)
     config: PlphpConfig
+    # what the request's policy carries from one layer to a later one this step
+    memo: dict = field(default_factory=dict)
 
     @property
     def num_vision(self) -> int:

@@ -1,10 +1,12 @@
 """Prune one layer's cache for this step's targets (worker side, once per
 request per layer, in the step that computes the request's last prompt token).
 
-Order per layer: scores for every target, one all-reduce of the gamma sums
-across tensor-parallel ranks (each rank holds a slice of the heads, and all
-must pick the same r_l), then per target: rate, per-head top-k, compaction,
-and the new pruned count in the layer's block table.
+Per layer, each target's policy (`vllm_plphp.policies`) says whether the layer
+scores (last prompt token's attention row) and whether it prunes. Order: the
+scores of every scoring target, one all-reduce of the per-vision-token head
+sums across tensor-parallel ranks (each rank holds a slice of the heads, and
+all must keep the same entries), then per target: the policy's choice of kept
+entries, compaction, and the new pruned count in the layer's block table.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from vllm.platforms import current_platform
 
 from vllm_plphp import compaction, kv_layout, scoring
+from vllm_plphp.policies import LayerScores, get_policy
 from vllm_plphp.log import logger
 from vllm_plphp.worker_state import STATE, LayerRecord
 
@@ -57,9 +60,18 @@ def prune_layer(impl, layer, query: torch.Tensor, kv_cache: torch.Tensor) -> Non
 
 
 def _prune_layer(impl, layer, query: torch.Tensor, kv_cache: torch.Tensor) -> None:
-    base = STATE.config
+    if STATE.config is None:
+        return
     layer_idx = layer_position(layer.layer_name)
-    if base is None or not base.is_pruned_layer(layer_idx, STATE.num_layers):
+    n = STATE.num_layers
+    roles = []  # (target, policy, scores this layer?, prunes this layer?)
+    for target in STATE.targets:
+        policy = get_policy(target.config.policy)
+        score = policy.scores_layer(target.config, layer_idx, n)
+        prune = policy.prunes_layer(target.config, layer_idx, n)
+        if score or prune:
+            roles.append((target, policy, score, prune))
+    if not roles:
         return
     gid = STATE.layer_to_group[layer.layer_name]
     table = STATE.block_table_for(layer.layer_name)
@@ -67,71 +79,78 @@ def _prune_layer(impl, layer, query: torch.Tensor, kv_cache: torch.Tensor) -> No
     device = kv_cache.device
     num_kv_heads = k_cache.shape[1]
 
-    work = []
-    gamma_sums = torch.zeros(len(STATE.targets), dtype=torch.float32, device=device)
-    for i, target in enumerate(STATE.targets):
-        row = target.row
-        num_blocks = int(table.num_blocks_per_row[row])
-        block_ids = torch.from_numpy(table.block_table.np[row, :num_blocks]).to(
-            device=device, dtype=torch.long
-        )
-        keys = compaction.gather(k_cache, block_ids, target.prompt_len)
-        probs = scoring.last_token_attention(query[target.query_index], keys, impl.scale)
-        vision = torch.cat(target.images).to(device)
-        gamma_sums[i] = probs[:, vision].sum()
-        work.append((target, block_ids, probs, vision))
+    blocks, probs, vision, layer_scores = {}, {}, {}, {}
+    for target, _, score, _ in roles:
+        num_blocks = int(table.num_blocks_per_row[target.row])
+        blocks[target.row] = torch.from_numpy(
+            table.block_table.np[target.row, :num_blocks]).to(device=device, dtype=torch.long)
+        if score:
+            keys = compaction.gather(k_cache, blocks[target.row], target.prompt_len)
+            probs[target.row] = scoring.last_token_attention(
+                query[target.query_index], keys, impl.scale)
+            vision[target.row] = torch.cat(target.images).to(device)
 
-    # gamma_l = mean over ALL query heads; the sum over this rank's heads is
-    # reduced across ranks, then divided by the global head count.
-    gamma_sums = _tp_all_reduce(gamma_sums)
-    total_heads = query.shape[1] * _tp_size()
-    gammas = (gamma_sums / total_heads).tolist()
+    # Attention on each vision position averaged over ALL query heads: this
+    # rank's head sums, reduced across tensor-parallel ranks (each holds a
+    # slice of the heads; all must choose the same entries), / global heads.
+    scored = [t for t, _, score, _ in roles if score]
+    if scored:
+        sums = torch.cat([probs[t.row][:, vision[t.row]].sum(0) for t in scored])
+        sums = _tp_all_reduce(sums) / (query.shape[1] * _tp_size())
+        for t, part in zip(scored, torch.split(sums, [vision[t.row].numel() for t in scored])):
+            layer_scores[t.row] = LayerScores(probs[t.row], part, num_kv_heads)
 
-    for (target, block_ids, probs, vision), gamma in zip(work, gammas):
-        config = target.config
-        rate = config.layer_rate(gamma)
+    for target, policy, score, prune in roles:
         images = [p.to(device) for p in target.images]
-        scores = scoring.kv_head_scores(probs, num_kv_heads, config.gqa_reduce)
-        keep = scoring.select_kept(scores, images, rate, target.total_len)
-        compaction.compact_(k_cache, v_cache, block_ids, keep)
-        kept = keep.shape[1]
+        scores = layer_scores.get(target.row)
+        if score:
+            policy.observe(target.config, target.memo, images, scores)
+        if not prune:
+            continue
+        choice = policy.choose(target.config, target.memo, images, target.total_len, num_kv_heads)
+        compaction.compact_(k_cache, v_cache, blocks[target.row], choice.keep)
+        kept = choice.keep.shape[1]
         _commit(table, target, gid, kept)
-        STATE.count("vision_tokens_seen", int(vision.numel()))
-        STATE.count("vision_tokens_kept", int(vision.numel()) - (target.total_len - kept))
-        STATE.step_stats.setdefault("rates", []).append(rate)
-        if layer_idx == STATE.num_layers - base.skip_last - 1:  # last pruned layer
-            _log_request(target)
+        num_vision = target.num_vision
+        vision_kept = num_vision - (target.total_len - kept)
+        STATE.count("vision_tokens_seen", num_vision)
+        STATE.count("vision_tokens_kept", vision_kept)
+        STATE.step_stats.setdefault("rates", []).append(choice.rate)
         if STATE.keep_layer == layer_idx:
             STATE.keep_maps[target.req_id] = {
                 "layer": layer_idx,
                 "images": [p.tolist() for p in target.images],
-                "keep": keep.cpu().tolist(),  # (Hkv, L) positions per KV head
+                "keep": choice.keep.cpu().tolist(),  # (Hkv, L) positions per KV head
             }
         STATE.records.setdefault(target.req_id, {})[layer_idx] = LayerRecord(
-            gamma=gamma,
-            rate=rate,
+            gamma=scores.gamma if scores is not None else float("nan"),
+            rate=choice.rate,
             kept=kept,
             total=target.total_len,
-            vision=int(vision.numel()),
-            vision_kept=int(vision.numel()) - (target.total_len - kept),
+            vision=num_vision,
+            vision_kept=vision_kept,
         )
+        if layer_idx == policy.last_layer(target.config, n):
+            _log_request(target)
 
 
 def _log_request(target) -> None:
     """Debug line per request: per-layer category (A attentive, B balanced,
-    I indifferent), then kept/total entries summed over pruned layers."""
+    I indifferent, - not scored), then kept/total entries summed over pruned
+    layers."""
     if not logger.isEnabledFor(logging.DEBUG):
         return
     c = target.config
     layers = STATE.records.get(target.req_id, {})
     cats = "".join(
+        "-" if r.gamma != r.gamma else
         "A" if r.gamma >= c.alpha else ("I" if r.gamma < c.beta else "B")
         for _, r in sorted(layers.items())
     )
     kept = sum(r.kept for r in layers.values())
     total = sum(r.total for r in layers.values())
-    logger.debug("PLPHP request %s: layers %d.. categories %s, kept %d/%d entries",
-                 target.req_id, min(layers, default=0), cats, kept, total)
+    logger.debug("PLPHP request %s (%s): layers %d.. categories %s, kept %d/%d entries",
+                 target.req_id, c.policy, min(layers, default=0), cats, kept, total)
 
 
 def _commit(table, target, gid: int, kept: int) -> None:

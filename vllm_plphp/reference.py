@@ -1,10 +1,12 @@
 """PLPHP reference on HF transformers: the oracle the engine is tested against.
 
 Independent of the engine's paged cache and compaction: the prompt is run in
-full with eager attention; in each pruned decoder layer the last prompt token's
-softmax row (from the eager weights) gives gamma_l, r_l and each KV head's kept
-vision tokens; every later decode step masks, per layer and per KV head, the
-vision keys that head dropped (-inf before the softmax). Masking a key out of
+full with eager attention; in each layer where the request's policy
+(`vllm_plphp.policies`: PLPHP, FastV or VTW) scores, the last prompt token's
+softmax row (from the eager weights) is handed to it (PLPHP: gamma_l, r_l and
+each KV head's kept vision tokens; FastV: the ranking made at layer K-1);
+every later decode step masks, per layer and per KV head, the vision keys
+that head dropped (-inf before the softmax). Masking a key out of
 the softmax equals removing it from the cache, which is what the engine does.
 
 Usage: ``ReferenceModel(path, config).generate(prompt, images, max_tokens)``.
@@ -16,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vllm_plphp import scoring
 from vllm_plphp.config import PlphpConfig
+from vllm_plphp.policies import LayerScores, get_policy
 
 IMPL_NAME = "plphp_reference"
 
@@ -29,6 +31,7 @@ class _Run:
     images: list[torch.Tensor] = field(default_factory=list)  # vision positions
     prompt_len: int = 0
     masks: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (Hkv, P) keep
+    memo: dict = field(default_factory=dict)  # the policy's notes between layers
     records: dict[int, dict] = field(default_factory=dict)
 
 
@@ -55,9 +58,8 @@ def _attention(module, query, key, value, attention_mask, scaling, dropout=0.0, 
     layer = getattr(module, "layer_idx", None)
     run = _RUN
     if run is not None and layer is not None and run.config is not None and run.images:
-        if query.shape[2] > 1 and run.config.is_pruned_layer(layer, run.num_layers):
-            probs = torch.softmax(logits[0, :, -1].float(), dim=-1)  # (H, P)
-            _decide(run, layer, probs, key.shape[1])
+        if query.shape[2] > 1:
+            _decide(run, layer, logits[0, :, -1].float(), key.shape[1])
         keep = run.masks.get(layer)
         if keep is not None and query.shape[2] == 1:
             full = torch.ones(key.shape[1], k.shape[-2], dtype=torch.bool)
@@ -69,16 +71,26 @@ def _attention(module, query, key, value, attention_mask, scaling, dropout=0.0, 
     return out, probs
 
 
-def _decide(run: _Run, layer: int, probs: torch.Tensor, num_kv_heads: int) -> None:
-    vision = torch.cat(run.images)
-    gamma = float(probs[:, vision].sum(-1).mean())
-    rate = run.config.layer_rate(gamma)
-    scores = scoring.kv_head_scores(probs, num_kv_heads, run.config.gqa_reduce)
-    keep_idx = scoring.select_kept(scores, run.images, rate, run.prompt_len)
+def _decide(run: _Run, layer: int, logits: torch.Tensor, num_kv_heads: int) -> None:
+    """logits: (H, P) pre-softmax row of the last prompt token in `layer`."""
+    config, policy = run.config, get_policy(run.config.policy)
+    scores = None
+    if policy.scores_layer(config, layer, run.num_layers):
+        probs = torch.softmax(logits, dim=-1)  # (H, P)
+        vision = torch.cat(run.images)
+        scores = LayerScores(probs, probs[:, vision].mean(0), num_kv_heads)
+        policy.observe(config, run.memo, run.images, scores)
+    if not policy.prunes_layer(config, layer, run.num_layers):
+        return
+    choice = policy.choose(config, run.memo, run.images, run.prompt_len, num_kv_heads)
     keep = torch.zeros(num_kv_heads, run.prompt_len, dtype=torch.bool)
-    keep.scatter_(1, keep_idx, True)
+    keep.scatter_(1, choice.keep, True)
     run.masks[layer] = keep
-    run.records[layer] = {"gamma": gamma, "rate": rate, "kept": keep_idx.shape[1]}
+    run.records[layer] = {
+        "gamma": scores.gamma if scores is not None else float("nan"),
+        "rate": choice.rate,
+        "kept": choice.keep.shape[1],
+    }
 
 
 def _register() -> None:
@@ -142,4 +154,5 @@ class ReferenceModel:
             )
         finally:
             _RUN = None
+        self.last_run = run  # masks per layer, for tests
         return out[0, run.prompt_len :].tolist(), run.records

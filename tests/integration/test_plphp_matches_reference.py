@@ -131,3 +131,32 @@ def test_decode_kernel_reads_compacted_lengths(family):
             assert lens[0] < full
         else:
             assert lens == [full], name
+
+
+BASELINES = [
+    {"policy": "fastv", "k": 3, "fastv_r": 0.75},
+    {"policy": "fastv", "k": 2, "fastv_r": 0.5},
+    {"policy": "vtw", "k": 6},
+]
+
+
+@pytest.mark.parametrize("override", BASELINES, ids=lambda o: f"{o['policy']}-k{o['k']}")
+def test_baseline_policies_equal_reference(family, override):
+    """FastV / VTW through the same engine machinery (per-request policy):
+    tokens and per-layer kept lengths equal the HF reference; every layer from
+    K on is pruned to the same length; text-only requests stay stock."""
+    ours, records = family.run(override)
+    config = PlphpConfig().replace(**override)
+    n_layers = family.ref.num_layers
+    for case in IMAGE_CASES:
+        ref_tokens, ref_records = family.reference(case, config)
+        assert ours[case] == ref_tokens, f"case {CASES[case]}"
+        assert sorted(records[case]) == list(range(override["k"], n_layers))
+        assert {l: r["kept"] for l, r in records[case].items()} == {
+            l: r["kept"] for l, r in ref_records.items()}
+        rec = next(iter(records[case].values()))
+        expected_vision = (0 if override["policy"] == "vtw"
+                           else int((1 - override["fastv_r"]) * rec["vision"] + 1e-6))
+        assert {r["vision_kept"] for r in records[case].values()} == {expected_vision}
+    assert ours[2] == family.stock[2]
+    assert any(ours[i] != family.stock[i] for i in IMAGE_CASES)

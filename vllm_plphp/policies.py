@@ -1,0 +1,149 @@
+"""Pruning policies: which layers look at the attention, which layers drop
+vision entries, and which entries each KV head keeps.
+
+All three share the engine machinery (the last prompt token's attention row,
+compaction, block freeing); only the choice of kept positions differs.
+
+- PLPHP: "Per-Layer Per-Head Vision Token Pruning for Efficient Large
+  Vision-Language Models" (arXiv 2502.14504). Every pruned layer scores itself,
+  picks r_l from gamma_l and lets each KV head keep its own top K_j per image.
+- FastV: Chen et al., "An Image is Worth 1/2 Tokens After Layer 2" (arXiv
+  2403.06764). Layer K-1's last-token attention, averaged over all heads, ranks
+  all vision tokens together; the top (1 - R) fraction is kept by every head of
+  every layer >= K.
+- VTW: Lin et al., "Boosting Multimodal Large Language Models with Visual
+  Tokens Withdrawal" (arXiv 2405.05803). Layers >= K drop every vision token.
+
+As everywhere in this plugin, the prefill is computed in full; pruning changes
+what the decode steps read (the KV-cache form of each method).
+
+Shapes: H query heads (all ranks), Hkv KV heads (this rank), P prompt length,
+T entries in the layer's cache (T >= P), S = sum_j S_j vision tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from vllm_plphp import scoring
+
+POLICIES = ("plphp", "fastv", "vtw")
+
+
+@dataclass
+class LayerScores:
+    """One layer's view of a request's last prompt token.
+
+    probs: (H_rank, P) softmax rows of this rank's query heads.
+    vision_attn: (S,) attention on each vision position (all images,
+        concatenated), averaged over all H query heads of all ranks.
+    """
+
+    probs: torch.Tensor
+    vision_attn: torch.Tensor
+    num_kv_heads: int
+
+    @property
+    def gamma(self) -> float:
+        """gamma_l: head-averaged attention mass on the vision tokens."""
+        return float(self.vision_attn.sum())
+
+
+@dataclass
+class Choice:
+    """keep: (Hkv, L) ascending positions per KV head; rate: vision fraction kept."""
+
+    keep: torch.Tensor
+    rate: float
+
+
+def _keep_all_but(dropped: torch.Tensor, total_len: int, num_kv_heads: int,
+                  device) -> torch.Tensor:
+    """The same kept positions for every head: all of 0..T-1 except `dropped`."""
+    mask = torch.ones(total_len, dtype=torch.bool, device=device)
+    mask[dropped.to(device)] = False
+    return torch.nonzero(mask)[:, 0].expand(num_kv_heads, -1).contiguous()
+
+
+class PlphpPolicy:
+    name = "plphp"
+
+    def scores_layer(self, config, layer: int, num_layers: int) -> bool:
+        return config.is_pruned_layer(layer, num_layers)
+
+    def prunes_layer(self, config, layer: int, num_layers: int) -> bool:
+        return config.is_pruned_layer(layer, num_layers)
+
+    def last_layer(self, config, num_layers: int) -> int:
+        return num_layers - config.skip_last - 1
+
+    def observe(self, config, memo: dict, images, scores: LayerScores) -> None:
+        memo["scores"] = scores
+
+    def choose(self, config, memo: dict, images, total_len: int, num_kv_heads: int) -> Choice:
+        scores: LayerScores = memo.pop("scores")
+        rate = config.layer_rate(scores.gamma)
+        head_scores = scoring.kv_head_scores(scores.probs, num_kv_heads, config.gqa_reduce)
+        return Choice(scoring.select_kept(head_scores, images, rate, total_len), rate)
+
+
+class FastVPolicy:
+    name = "fastv"
+
+    def scores_layer(self, config, layer: int, num_layers: int) -> bool:
+        return layer == config.k - 1
+
+    def prunes_layer(self, config, layer: int, num_layers: int) -> bool:
+        return layer >= config.k
+
+    def last_layer(self, config, num_layers: int) -> int:
+        return num_layers - 1
+
+    def observe(self, config, memo: dict, images, scores: LayerScores) -> None:
+        """Rank all vision tokens of all images together; drop the lowest R."""
+        vision = torch.cat(list(images)).to(scores.vision_attn.device)
+        keep_n = math.floor((1.0 - config.fastv_r) * vision.numel() + 1e-6)
+        order = torch.argsort(scores.vision_attn, descending=True, stable=True)
+        memo["dropped"] = vision[order[keep_n:]]
+        memo["rate"] = keep_n / max(1, vision.numel())
+
+    def choose(self, config, memo: dict, images, total_len: int, num_kv_heads: int) -> Choice:
+        device = images[0].device
+        keep = _keep_all_but(memo["dropped"], total_len, num_kv_heads, device)
+        return Choice(keep, memo["rate"])
+
+
+class VtwPolicy:
+    name = "vtw"
+
+    def scores_layer(self, config, layer: int, num_layers: int) -> bool:
+        return False
+
+    def prunes_layer(self, config, layer: int, num_layers: int) -> bool:
+        return layer >= config.k
+
+    def last_layer(self, config, num_layers: int) -> int:
+        return num_layers - 1
+
+    def observe(self, config, memo: dict, images, scores: LayerScores) -> None:
+        raise AssertionError("VTW does not score")
+
+    def choose(self, config, memo: dict, images, total_len: int, num_kv_heads: int) -> Choice:
+        vision = torch.cat(list(images))
+        return Choice(_keep_all_but(vision, total_len, num_kv_heads, vision.device), 0.0)
+
+
+_POLICIES = {p.name: p for p in (PlphpPolicy(), FastVPolicy(), VtwPolicy())}
+
+
+def get_policy(name: str):
+    return _POLICIES[name]
+
+
+def mean_retention(layer_vision_kept: dict[int, float], num_layers: int) -> float:
+    """Vision tokens kept, averaged over all decoder layers (unpruned layers
+    count as 1.0). layer_vision_kept: {layer: kept fraction} of pruned layers."""
+    return sum(layer_vision_kept.get(l, 1.0) for l in range(num_layers)) / num_layers
