@@ -137,6 +137,8 @@ def main():
     for r in (float(x) for x in args.rates.split(",")):
         configs.append((f"plphp r={r}", {"r": r}))
         configs.append((f"plphp r={r} balanced", {"r": r, "alpha": 1.0, "beta": 0.0}))
+    # keeps everything: what the plugin itself costs (per-layer KV groups, scoring)
+    configs.append(("plphp r=1 (no pruning)", {"r": 1.0, "delta_r": 0.0}))
     results = {}
     for name, plphp in configs:
         print(f"[bench] {name} ...", flush=True)

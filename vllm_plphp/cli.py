@@ -19,6 +19,8 @@ import sys
 
 
 def _category(gamma: float, config) -> str:
+    if gamma != gamma:  # NaN: the layer was not scored (FastV / VTW policies)
+        return config.policy
     if gamma >= config.alpha:
         return "attentive"
     return "indifferent" if gamma < config.beta else "balanced"

@@ -1,4 +1,5 @@
-"""PLPHP settings: one validated dataclass, read once per process.
+"""PLPHP settings (and the FastV / VTW baselines' ones, `policy`): one
+validated dataclass, read once per process.
 
 Sources, lowest to highest precedence:
   1. defaults below (the paper's: r=0.4, delta_r=0.3, alpha=0.25, beta=0.1);
