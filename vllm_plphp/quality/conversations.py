@@ -1,0 +1,130 @@
+"""Multi-turn training conversations over the same images (training data only).
+
+The image tokens dominate the cost of a training sequence, so each sequence
+asks several questions about its images, LLaVA-style:
+``USER: <image>\\nQ1 ASSISTANT: A1</s> USER: Q2 ASSISTANT: A2</s> ...``.
+The first turn is exactly a single-turn ``tasks`` prompt; later turns ask
+about other objects where possible, so earlier answers rarely give them away.
+
+Kinds (``KINDS``): ``single`` (one scene: color, shape, position, count in
+random order), ``caption`` (one turn), ``differ`` (the ``differ`` scenes plus
+a second differ question and, for 2 images with different counts, compare),
+``spot`` (spot, then which image has the old / the new object),
+``compare`` (compare plus up to two differ questions).
+Seeded like ``tasks``: ``random.Random(f"conv/{split}/{seed}/{kind}/{index}")``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from PIL import Image
+
+from .scenes import IMAGE_SIZE, Scene, random_scene, render
+from .tasks import (
+    SPLITS,
+    caption_qa,
+    color_qa,
+    compare_qa,
+    compare_scenes,
+    count_qa,
+    differ_qa,
+    differ_scenes,
+    position_qa,
+    shape_qa,
+    spot_qa,
+    spot_scenes,
+)
+
+KINDS = ("single", "caption", "differ", "spot", "compare")
+
+
+@dataclass
+class Conversation:
+    kind: str
+    images: list[Image.Image]
+    turns: list[tuple[str, str]]  # (question, answer)
+    scenes: list[Scene]  # what the images show (for auxiliary patch labels)
+
+
+def _unique_objects(scenes: list[Scene]) -> list[tuple[int, str, str]]:
+    """(image index, colour, shape) of objects whose colour+shape is in one image only."""
+    out = []
+    for i, s in enumerate(scenes):
+        for o in s.objects:
+            if all(t.find(o.color, o.shape) is None for k, t in enumerate(scenes) if k != i):
+                out.append((i, o.color, o.shape))
+    return out
+
+
+def _single(rng: random.Random):
+    s = random_scene(rng)
+    objs = list(s.objects)
+    rng.shuffle(objs)
+    pick = [objs[i % len(objs)] for i in range(3)]  # different objects when there are
+    turns = [color_qa(pick[0]), shape_qa(pick[1]), position_qa(pick[2]), count_qa(s)]
+    rng.shuffle(turns)
+    return [s], turns
+
+
+def _caption(rng: random.Random):
+    s = random_scene(rng)
+    return [s], [caption_qa(s)]
+
+
+def _extra_differ(rng: random.Random, scenes, exclude=()) -> list[tuple[str, str]]:
+    options = [u for u in _unique_objects(scenes) if (u[1], u[2]) not in exclude]
+    if not options:
+        return []
+    i, c, sh = rng.choice(options)
+    return [differ_qa(c, sh, i)]
+
+
+def _differ(rng: random.Random):
+    scenes, color, shape, which = differ_scenes(rng)
+    turns = [differ_qa(color, shape, which)]
+    turns += _extra_differ(rng, scenes, exclude={(color, shape)})
+    if len(scenes) == 2 and len(scenes[0].objects) != len(scenes[1].objects):
+        turns.append(compare_qa(scenes))
+    rng.shuffle(turns)
+    return scenes, turns
+
+
+def _spot(rng: random.Random):
+    a, b, j = spot_scenes(rng)
+    old, new = a.objects[j], b.objects[j]
+    rest = [differ_qa(old.color, old.shape, 0), differ_qa(new.color, new.shape, 1)]
+    rng.shuffle(rest)
+    turns = [spot_qa(old)] + rest
+    if rng.random() < 0.5:  # spot first half of the time
+        turns = rest[:1] + [turns[0]] + rest[1:]
+    return [a, b], turns
+
+
+def _compare(rng: random.Random):
+    scenes = compare_scenes(rng)
+    turns = [compare_qa(scenes)]
+    first = _extra_differ(rng, scenes)
+    turns += first
+    if first:
+        q = first[0][0].removeprefix("Which image has a ").removesuffix("?")
+        c, sh = q.split(" ", 1)
+        turns += _extra_differ(rng, scenes, exclude={(c, sh)})
+    rng.shuffle(turns)
+    return scenes, turns
+
+
+_MAKERS = {"single": _single, "caption": _caption, "differ": _differ, "spot": _spot,
+           "compare": _compare}
+
+
+def make_conversation(kind: str, split: str, index: int, seed: int | None = None,
+                      image_size: int = IMAGE_SIZE) -> Conversation:
+    if kind not in _MAKERS:
+        raise ValueError(f"unknown kind {kind!r}; choose from {KINDS}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}")
+    rng = random.Random(f"conv/{split}/{seed or 0}/{kind}/{index}")
+    scenes, turns = _MAKERS[kind](rng)
+    return Conversation(kind, [render(s, image_size) for s in scenes], turns, scenes)
