@@ -26,9 +26,13 @@ PATCH_MODULES = (
 )
 
 
+def _key(owner, attr: str) -> str:
+    return f"{getattr(owner, '__module__', '')}.{getattr(owner, '__qualname__', owner)}.{attr}"
+
+
 def patch(owner, attr: str, new) -> None:
     """Replace owner.attr with new, remembering the original once."""
-    key = f"{getattr(owner, '__module__', '')}.{getattr(owner, '__qualname__', owner)}.{attr}"
+    key = _key(owner, attr)
     if key not in ORIGINALS:
         # the raw attribute (a classmethod stays a classmethod object)
         ORIGINALS[key] = (owner, attr, vars(owner).get(attr, getattr(owner, attr)))
@@ -36,8 +40,7 @@ def patch(owner, attr: str, new) -> None:
 
 
 def original(owner, attr: str):
-    key = f"{getattr(owner, '__module__', '')}.{getattr(owner, '__qualname__', owner)}.{attr}"
-    return ORIGINALS[key][2]
+    return ORIGINALS[_key(owner, attr)][2]
 
 
 def apply_patches() -> None:
