@@ -23,19 +23,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
-    CLIPImageProcessor,
-    CLIPVisionConfig,
     GenerationConfig,
-    LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
     PreTrainedTokenizerFast,
 )
 
+from ..fixtures import llava
 from ..fixtures.chat_templates import LLAVA_CHAT_TEMPLATE
 from ..fixtures.common import CLIP_MEAN, CLIP_STD, padded_vocab
-from ..fixtures.tokenizer import SPECIAL_TOKENS
+from ..fixtures.specs import FixtureSpec, LlavaVisionSpec, TextSpec
+from ..fixtures.tokenizer import SPECIAL_TOKENS, special_token_ids
 from .tasks import TASKS, make_example
 
 
@@ -103,60 +102,29 @@ def build_tokenizer(spec: ModelSpec = ModelSpec()) -> PreTrainedTokenizerFast:
     return hf_tok
 
 
+def fixture_spec(spec: ModelSpec) -> FixtureSpec:
+    """The same shapes as a fixture spec, to reuse the fixture builders."""
+    text = TextSpec(num_layers=spec.num_layers, hidden_size=spec.hidden_size,
+                    num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads,
+                    intermediate_size=spec.intermediate_size,
+                    max_position_embeddings=spec.max_position_embeddings)
+    assert text.head_dim == spec.head_dim, "head_dim must be hidden_size / num_heads"
+    vision = LlavaVisionSpec(image_size=spec.image_size, patch_size=spec.patch_size,
+                             hidden_size=spec.vision_hidden_size, num_layers=spec.vision_layers,
+                             num_heads=spec.vision_heads,
+                             intermediate_size=spec.vision_intermediate_size)
+    return FixtureSpec(name="quality", variant="trained", text=text, vision=vision)
+
+
 def make_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS["llava"].tokens}
-    text = LlamaConfig(
-        vocab_size=padded_vocab(len(tokenizer)),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        head_dim=spec.head_dim,
-        max_position_embeddings=spec.max_position_embeddings,
-        rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
-        tie_word_embeddings=False,
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=spec.vision_hidden_size,
-        intermediate_size=spec.vision_intermediate_size,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.vision_heads,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-        projection_dim=spec.vision_hidden_size,
-        hidden_act="quick_gelu",
-        layer_norm_eps=1e-5,
-    )
-    cfg = LlavaConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_index=ids["<image>"],
-        image_seq_length=spec.num_image_tokens,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-        projector_hidden_act="gelu",
-        multimodal_projector_bias=True,
-        tie_word_embeddings=False,
-        pad_token_id=ids["<pad>"],
-    )
-    cfg.architectures = ["LlavaForConditionalGeneration"]
-    return cfg
+    """The llava fixture's config (`fixtures.llava.make_config`) at these shapes."""
+    ids = special_token_ids(tokenizer, "llava")
+    return llava.make_config(fixture_spec(spec), ids, padded_vocab(len(tokenizer)))
 
 
 def make_processor(spec: ModelSpec, tokenizer: PreTrainedTokenizerFast) -> LlavaProcessor:
     """CLIP preprocessing at 96 px (a 96x96 image passes through unchanged)."""
-    image_processor = CLIPImageProcessor(
-        do_resize=True, size={"shortest_edge": spec.image_size},
-        do_center_crop=True, crop_size={"height": spec.image_size, "width": spec.image_size},
-        resample=3, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-        image_mean=CLIP_MEAN, image_std=CLIP_STD, do_convert_rgb=True)
-    return LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=spec.patch_size,
-        vision_feature_select_strategy="default", chat_template=LLAVA_CHAT_TEMPLATE,
-        image_token="<image>", num_additional_image_tokens=1)
+    return llava.make_processor(fixture_spec(spec), tokenizer)
 
 
 def new_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerFast,
