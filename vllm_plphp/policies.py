@@ -111,9 +111,10 @@ class FastVPolicy:
         memo["rate"] = keep_n / max(1, vision.numel())
 
     def choose(self, config, memo: dict, images, total_len: int, num_kv_heads: int) -> Choice:
-        device = images[0].device
-        keep = _keep_all_but(memo["dropped"], total_len, num_kv_heads, device)
-        return Choice(keep, memo["rate"])
+        if "keep" not in memo:  # every layer >= K keeps the same entries
+            memo["keep"] = _keep_all_but(memo["dropped"], total_len, num_kv_heads,
+                                         images[0].device)
+        return Choice(memo["keep"], memo["rate"])
 
 
 class VtwPolicy:
@@ -132,8 +133,10 @@ class VtwPolicy:
         raise AssertionError("VTW does not score")
 
     def choose(self, config, memo: dict, images, total_len: int, num_kv_heads: int) -> Choice:
-        vision = torch.cat(list(images))
-        return Choice(_keep_all_but(vision, total_len, num_kv_heads, vision.device), 0.0)
+        if "keep" not in memo:  # every layer >= K keeps the same entries
+            vision = torch.cat(list(images))
+            memo["keep"] = _keep_all_but(vision, total_len, num_kv_heads, vision.device)
+        return Choice(memo["keep"], 0.0)
 
 
 _POLICIES = {p.name: p for p in (PlphpPolicy(), FastVPolicy(), VtwPolicy())}
