@@ -1,17 +1,13 @@
 """vllm-plphp: PLPHP (Per-Layer Per-Head vision token pruning) as a vLLM plugin."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="vllm-plphp",
     version="0.1.0",
     description="PLPHP per-layer per-head vision token pruning for vLLM (v1 engine)",
     python_requires=">=3.10",
-    packages=["vllm_plphp", "vllm_plphp.fixtures", "vllm_plphp.gpu", "vllm_plphp.quality",
-              "vllm_plphp.patches", "vllm_plphp.configs"],
-    # The vLLM monkeypatches live in the top-level patches/ folder (one module
-    # per patched vLLM module) and are installed as vllm_plphp.patches.
-    package_dir={"vllm_plphp.patches": "patches", "vllm_plphp.configs": "configs"},
+    packages=find_packages(include=["vllm_plphp", "vllm_plphp.*"]),
     package_data={"vllm_plphp.configs": ["*.json"]},
     install_requires=["vllm>=0.32,<0.33"],
     extras_require={

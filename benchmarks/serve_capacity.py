@@ -103,7 +103,7 @@ def prune_overhead(model: str, r: float) -> float:
     from vllm import LLM, SamplingParams
 
     from vllm_plphp.fixtures.prompts import prompt_inputs
-    from vllm_plphp.worker_ext import WORKER_EXT
+    from vllm_plphp.worker.extension import WORKER_EXT
 
     llm = LLM(model=model, dtype="float32", max_model_len=4096, enforce_eager=True,
               kv_cache_memory_bytes=256 << 20, limit_mm_per_prompt={"image": 2},

@@ -9,7 +9,7 @@ from vllm import LLM, SamplingParams
 
 from vllm_plphp.fixtures import build_fixture
 from vllm_plphp.fixtures.prompts import prompt_inputs
-from vllm_plphp.worker_ext import WORKER_EXT
+from vllm_plphp.worker.extension import WORKER_EXT
 
 
 def main():

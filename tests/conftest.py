@@ -27,7 +27,7 @@ def engine_kwargs(path: str, backend: str | None = None, plphp: dict | None = No
     if backend is not None:
         args["attention_backend"] = backend
         args["additional_config"] = {"plphp": plphp or {}}
-        args["worker_extension_cls"] = "vllm_plphp.worker_ext.PlphpWorkerExtension"
+        args["worker_extension_cls"] = "vllm_plphp.worker.extension.PlphpWorkerExtension"
     args.update(kw)
     return args
 

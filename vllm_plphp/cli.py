@@ -21,9 +21,7 @@ import sys
 def _category(gamma: float, config) -> str:
     if gamma != gamma:  # NaN: the layer was not scored (FastV / VTW policies)
         return config.policy
-    if gamma >= config.alpha:
-        return "attentive"
-    return "indifferent" if gamma < config.beta else "balanced"
+    return {"A": "attentive", "I": "indifferent", "B": "balanced"}[config.category(gamma)]
 
 
 def run_inspect(args) -> dict:
@@ -31,7 +29,7 @@ def run_inspect(args) -> dict:
     from vllm import LLM, SamplingParams
 
     from vllm_plphp.config import from_dict
-    from vllm_plphp.worker_ext import WORKER_EXT
+    from vllm_plphp.worker.extension import WORKER_EXT
 
     settings = json.loads(args.plphp)
     config = from_dict(settings)

@@ -5,7 +5,7 @@ Sources, lowest to highest precedence:
   1. defaults below (the paper's: r=0.4, delta_r=0.3, alpha=0.25, beta=0.1);
   2. environment variables ``VLLM_PLPHP_<FIELD>`` (e.g. ``VLLM_PLPHP_R=0.3``);
   3. ``additional_config={"plphp": {...}}`` / ``--additional-config '{"plphp": {...}}'``
-     (a preset file name from ``configs/`` may be given as ``{"plphp": {"preset": "..."}}``).
+     (a preset file name from ``vllm_plphp/configs/`` may be given as ``{"plphp": {"preset": "..."}}``).
 A bad value raises ``PlphpConfigError`` naming the field, the value and the range.
 """
 
@@ -33,7 +33,7 @@ class PlphpConfig:
     gqa_reduce: str = "mean"  # how a KV head scores a token from its query heads
     skip_first: int = 2  # leading decoder layers that keep everything
     skip_last: int = 1  # trailing decoder layers that keep everything
-    policy: str = "plphp"  # "plphp" | "fastv" | "vtw" (vllm_plphp.policies)
+    policy: str = "plphp"  # "plphp" | "fastv" | "vtw" (vllm_plphp.core.policies)
     k: int = 2  # FastV / VTW: first layer without the dropped vision tokens
     fastv_r: float = 0.5  # FastV: fraction R of vision tokens dropped
 
@@ -80,13 +80,17 @@ class PlphpConfig:
                     f"plphp.{name}={value!r} is not allowed (allowed: integer >= 0)"
                 )
 
+    def category(self, gamma: float) -> str:
+        """The paper's layer categories: "A" vision-attentive (gamma >= alpha),
+        "I" vision-indifferent (gamma < beta), "B" balanced otherwise."""
+        if gamma >= self.alpha:
+            return "A"
+        return "I" if gamma < self.beta else "B"
+
     def layer_rate(self, gamma: float) -> float:
         """Retention rate r_l of a layer whose vision attention score is gamma."""
-        if gamma >= self.alpha:
-            return self.r + self.delta_r
-        if gamma < self.beta:
-            return self.r - self.delta_r
-        return self.r
+        return {"A": self.r + self.delta_r, "I": self.r - self.delta_r, "B": self.r}[
+            self.category(gamma)]
 
     def is_pruned_layer(self, layer_idx: int, num_layers: int) -> bool:
         """0-indexed decoder layer; the paper prunes layers 2 .. N-2."""
@@ -125,7 +129,7 @@ def _coerce(name: str, raw: str):
 
 
 def preset_dir() -> Path:
-    """The presets folder (top-level ``configs/``, installed as vllm_plphp.configs)."""
+    """The presets folder (``vllm_plphp/configs/``)."""
     import vllm_plphp.configs
 
     return Path(vllm_plphp.configs.__file__).parent

@@ -2,7 +2,7 @@
 
 Independent of the engine's paged cache and compaction: the prompt is run in
 full with eager attention; in each layer where the request's policy
-(`vllm_plphp.policies`: PLPHP, FastV or VTW) scores, the last prompt token's
+(`vllm_plphp.core.policies`: PLPHP, FastV or VTW) scores, the last prompt token's
 softmax row (from the eager weights) is handed to it (PLPHP: gamma_l, r_l and
 each KV head's kept vision tokens; FastV: the ranking made at layer K-1);
 every later decode step masks, per layer and per KV head, the vision keys
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vllm_plphp.config import PlphpConfig
-from vllm_plphp.policies import LayerScores, get_policy
+from vllm_plphp.core.policies import LayerScores, get_policy
 
 IMPL_NAME = "plphp_reference"
 

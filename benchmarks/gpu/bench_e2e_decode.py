@@ -9,7 +9,7 @@ download), SDPA attention. Prompt: text + 2 images x 3000 vision tokens + text
 Flow per request:
   1. HF prefill (DynamicCache); forward pre-hooks on every attention module
      capture the last prompt token's post-RoPE query.
-  2. PLPHP with the torch reference (vllm_plphp.scoring): for each pruned layer
+  2. PLPHP with the torch reference (vllm_plphp.core.scoring): for each pruned layer
      (0-indexed 2..26) gamma_l, r_l (r=0.4, dr=0.3, alpha=0.25, beta=0.1), and per
      KV head the top-K vision tokens of each image; the layer's DynamicCache
      tensors are replaced by the per-head gathered (compacted) ones. The GPU
@@ -44,7 +44,7 @@ import time
 import torch
 
 from bench_common import build_qwen2, device_info, prompt_layout, save_json, sync
-from vllm_plphp import scoring
+from vllm_plphp.core import scoring
 from vllm_plphp.config import PlphpConfig
 from vllm_plphp.gpu import paged_decode_attention, score_and_select
 

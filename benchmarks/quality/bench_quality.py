@@ -60,7 +60,7 @@ def make_engine(model: str, plphp: bool):
               enable_prefix_caching=False)  # PLPHP refuses it; stock must not time cached prefills
     if plphp:
         kw.update(attention_backend="plphp", additional_config={"plphp": {}},
-                  worker_extension_cls="vllm_plphp.worker_ext.PlphpWorkerExtension")
+                  worker_extension_cls="vllm_plphp.worker.extension.PlphpWorkerExtension")
     return LLM(**kw)
 
 
@@ -74,7 +74,7 @@ def sampling(max_tokens: int, override, ignore_eos: bool = False):
 
 def run_setting(llm, examples, override, num_layers: int) -> dict:
     """Scores per task, mean retention and KV entries per request (vs full)."""
-    from vllm_plphp.policies import mean_retention
+    from vllm_plphp.core.policies import mean_retention
     from vllm_plphp.quality.tasks import score, vllm_inputs
 
     outs = llm.generate([vllm_inputs(ex) for ex in examples], sampling(24, override),

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from vllm_plphp import compaction, scoring
+from vllm_plphp.core import compaction, scoring
 from vllm_plphp.config import PlphpConfig
 from vllm_plphp.gpu import (
     compact_,

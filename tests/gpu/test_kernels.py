@@ -1,4 +1,4 @@
-"""vllm_plphp.gpu against the torch oracle (vllm_plphp.scoring / compaction).
+"""vllm_plphp.gpu against the torch oracle (vllm_plphp.core.scoring / compaction).
 
 * CPU (always): the dispatchers' torch fallback and the batched selection.
 * CPU, Triton interpreter (when Triton imports): the Triton kernels' logic in

@@ -28,7 +28,7 @@ def test_worker_runs_plphp_impl_on_every_decoder_layer(plphp_llm):
     impls = plphp_llm.collective_rpc("plphp_attention_impls")[0]
     decoder = {k: v for k, v in impls.items() if "language_model" in k}
     assert len(decoder) == 24
-    assert set(decoder.values()) == {"vllm_plphp.backend.PlphpImpl"}
+    assert set(decoder.values()) == {"vllm_plphp.worker.backend.PlphpImpl"}
 
 
 def test_each_layer_is_its_own_kv_cache_group(plphp_llm):
@@ -61,7 +61,7 @@ def test_bad_plphp_value_stops_engine_with_named_field(llava_path):
 
 
 def test_prefix_caching_is_refused(llava_path):
-    from vllm_plphp.validate import PlphpUnsupportedError
+    from vllm_plphp.frontend.validate import PlphpUnsupportedError
 
     with pytest.raises(PlphpUnsupportedError, match="prefix caching"):
         make_llm(llava_path, "plphp", enable_prefix_caching=True)

@@ -7,7 +7,7 @@ one PLPHP engine and one HF reference are started for the whole module.
 import pytest
 
 from tests.conftest import MAX_TOKENS, greedy, make_llm, token_ids
-from vllm_plphp import scoring
+from vllm_plphp.core import scoring
 from vllm_plphp.config import PlphpConfig
 from vllm_plphp.fixtures.prompts import get_prompt, prompt_inputs
 

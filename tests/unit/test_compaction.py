@@ -2,7 +2,7 @@
 
 import torch
 
-from vllm_plphp import compaction, scoring
+from vllm_plphp.core import compaction, scoring
 
 
 def paged_cache(num_blocks=12, heads=3, block=4, dim=5, seed=0):

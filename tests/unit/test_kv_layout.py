@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vllm_plphp import kv_layout
+from vllm_plphp.core import kv_layout
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from vllm_plphp import scoring
+from vllm_plphp.core import scoring
 from vllm_plphp.config import PlphpConfig, PlphpConfigError, from_dict
-from vllm_plphp.policies import LayerScores, get_policy, mean_retention
+from vllm_plphp.core.policies import LayerScores, get_policy, mean_retention
 
 # prompt of 14 tokens: text 0-1, image A at 2-6, text 7, image B at 8-12, text 13
 IMAGES = [torch.arange(2, 7), torch.arange(8, 13)]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vllm_plphp import scoring
+from vllm_plphp.core import scoring
 
 
 def dense_probs(query, keys, scale):

@@ -9,7 +9,7 @@ Triton kernels (`vllm_plphp.gpu.triton_ops`, imported lazily) for
 plus a paged split-K decode-attention kernel used by the benchmarks.
 
 The dispatchers in `vllm_plphp.gpu.ops` use Triton for CUDA tensors and fall
-back to the torch oracle (`vllm_plphp.scoring`, `vllm_plphp.compaction`)
+back to the torch oracle (`vllm_plphp.core.scoring`, `vllm_plphp.core.compaction`)
 otherwise. Nothing here imports vLLM.
 """
 

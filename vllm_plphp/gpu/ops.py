@@ -2,7 +2,7 @@
 
 `backend` on every function: None (auto: Triton when the tensors are on CUDA,
 Triton imports and `VLLM_PLPHP_GPU_KERNELS` is not "0"), "triton" or "torch".
-The torch path is `vllm_plphp.scoring` / `vllm_plphp.compaction` (the oracle),
+The torch path is `vllm_plphp.core.scoring` / `vllm_plphp.core.compaction` (the oracle),
 looped over requests.
 
 Per-step use (B requests whose prompt completes in this step):
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_plphp import compaction, scoring
+from vllm_plphp.core import compaction, scoring
 from vllm_plphp.gpu.select import BatchPlan, make_plan, select_kept_batched, select_kept_device
 
 ENV_SWITCH = "VLLM_PLPHP_GPU_KERNELS"

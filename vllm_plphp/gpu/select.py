@@ -1,6 +1,6 @@
 """Batched, vectorized top-K-per-image selection (pure torch, any device).
 
-Semantics equal `vllm_plphp.scoring.select_kept` per request (same K_j rule,
+Semantics equal `vllm_plphp.core.scoring.select_kept` per request (same K_j rule,
 same ascending output); it differs only in doing every request, KV head and
 image of a layer in one `topk` call, without a host sync (kept lengths are
 known on the host from the rates).
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_plphp.scoring import num_kept
+from vllm_plphp.core.scoring import num_kept
 
 
 @dataclass

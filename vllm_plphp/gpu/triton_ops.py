@@ -1,7 +1,7 @@
 """Triton kernels for PLPHP's per-prefill work on paged KV caches.
 
 Imported only when Triton is available (see `vllm_plphp.gpu`); the torch
-functions in `vllm_plphp.scoring` / `vllm_plphp.compaction` are the oracle.
+functions in `vllm_plphp.core.scoring` / `vllm_plphp.core.compaction` are the oracle.
 
 Cache views are head-major and paged, any strides:
     cache: (num_blocks, Hkv, block_size, D)

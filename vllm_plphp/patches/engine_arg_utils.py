@@ -16,7 +16,7 @@ offered one to attention backends.
 from vllm.engine.arg_utils import EngineArgs
 
 from vllm_plphp.patches import original, patch, plphp_selected
-from vllm_plphp.validate import refuse_prefix_caching, validate_engine_config
+from vllm_plphp.frontend.validate import refuse_prefix_caching, validate_engine_config
 
 
 def _selected(args: EngineArgs) -> bool:

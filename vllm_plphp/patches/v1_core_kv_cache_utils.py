@@ -18,7 +18,7 @@ Remove when: vLLM lets a KV cache spec ask for its own group.
 from vllm.v1.core import kv_cache_utils
 from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheGroupSpec
 
-from vllm_plphp.block_manager import register_spec, to_plphp_spec
+from vllm_plphp.engine.block_manager import register_spec, to_plphp_spec
 from vllm_plphp.patches import original, patch, plphp_selected
 
 

@@ -1,7 +1,7 @@
 """In-place per-head compaction of one layer's paged KV cache (pure torch).
 
 All functions take head-major views of a layer's cache, as made by
-`vllm_plphp.kv_layout`:
+`vllm_plphp.core.kv_layout`:
   k_cache, v_cache: (num_blocks, Hkv, block_size, D)
 and one request's block table row `block_ids`: (n,) long. Logical position p
 of the request lives at (block_ids[p // block_size], p % block_size).

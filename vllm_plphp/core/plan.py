@@ -4,28 +4,44 @@ Worker side, once per step (not per layer): a request is pruned in the step
 whose scheduled tokens include its last prompt token (position P-1). That holds
 for plain prefill, chunked prefill (the last chunk) and the re-prefill of a
 preempted request (its cache was dropped and is rebuilt from position 0).
+Runner-agnostic: the adapters pass plain arrays in batch-row order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from vllm_plphp.config import PlphpConfig
+from vllm_plphp.core.policies import get_policy
 from vllm_plphp.log import logger
 from vllm_plphp.request_config import config_for_request
+
+# modalities whose placeholder tokens are pruned like images
+VISION_MODALITIES = ("image",)
+
+
+class RequestInfo(NamedTuple):
+    """What the planner needs of a request (V1: the runner's CachedRequestState
+    has these attributes; V2: the adapter records them when a request is added)."""
+
+    num_prompt_tokens: int
+    mm_features: list | None
+    sampling_params: object
 
 
 @dataclass
 class PruneTarget:
-    row: int  # row in the input batch (and in every per-layer block table)
+    row: int  # row in this step's batch
+    slot: int  # where the runner keeps the request (V1: batch row, V2: request slot)
     req_id: str
     query_index: int  # index of the last prompt token in this step's flat batch
     prompt_len: int  # P
     total_len: int  # T: tokens in the cache once this step is done (T >= P)
-    images: list[torch.Tensor]  # per image, its vision positions (is_embed only)
+    images: list[torch.Tensor]  # per vision item, its vision positions (is_embed only)
     config: PlphpConfig
     # what the request's policy carries from one layer to a later one this step
     memo: dict = field(default_factory=dict)
@@ -34,36 +50,43 @@ class PruneTarget:
     def num_vision(self) -> int:
         return sum(int(p.numel()) for p in self.images)
 
+    def expects_pruning(self, num_layers: int) -> bool:
+        """Whether the request's policy prunes at least one of the model's layers."""
+        policy = get_policy(self.config.policy)
+        return any(policy.prunes_layer(self.config, l, num_layers) for l in range(num_layers))
+
 
 def vision_positions(mm_features) -> list[torch.Tensor]:
-    """Per image item, the prompt positions that hold vision embeddings."""
-    images = []
+    """Per vision item, the prompt positions that hold vision embeddings."""
+    items = []
     for feature in mm_features or ():
-        if feature.modality != "image":
+        if feature.modality not in VISION_MODALITIES:
             continue
         pos = feature.mm_position
         positions = torch.arange(pos.offset, pos.offset + pos.length)
         if pos.is_embed is not None:
             positions = positions[pos.is_embed.to(torch.bool).cpu()]
         if positions.numel():
-            images.append(positions)
-    return images
+            items.append(positions)
+    return items
 
 
 def plan_step(
     req_ids: list,
     num_computed: np.ndarray,
     num_scheduled: np.ndarray,
-    requests: dict,
+    requests,
     base: PlphpConfig,
-    on_skip=None,
-) -> list[PruneTarget]:
+    slots: np.ndarray | None = None,
+) -> tuple[list[PruneTarget], list[str], int]:
     """Rows whose scheduled tokens reach their last prompt token.
 
-    num_computed / num_scheduled: (num_reqs,) ints in batch-row order, as the
-    model runner holds them when it prepares the step's inputs.
+    num_computed / num_scheduled: (num_reqs,) ints in batch-row order;
+    requests: req_id -> RequestInfo-like; slots: (num_reqs,) the runner's
+    request slots (default: the batch rows).
+    Returns (targets, planned req ids, number of image requests opted out).
     """
-    targets = []
+    targets, planned, skipped = [], [], 0
     start = 0
     for row, req_id in enumerate(req_ids):
         n = int(num_scheduled[row])
@@ -71,25 +94,26 @@ def plan_step(
         state = requests[req_id]
         last_prompt = state.num_prompt_tokens - 1
         if n and first <= last_prompt < first + n and state.mm_features:
-            try:
-                config = config_for_request(base, state.sampling_params)
-            except ValueError as e:  # the front end validates; never crash here
-                logger.warning("request %s: PLPHP skipped: %s", req_id, e)
-                config = None
             images = vision_positions(state.mm_features)
-            if config is None and images and on_skip is not None:
-                on_skip()
-            if config is not None and images:
-                targets.append(
-                    PruneTarget(
+            if images:
+                planned.append(req_id)
+                try:
+                    config = config_for_request(base, state.sampling_params)
+                except ValueError as e:  # the front end validates; never crash here
+                    logger.warning("request %s: PLPHP skipped: %s", req_id, e)
+                    config = None
+                if config is None:
+                    skipped += 1
+                else:
+                    targets.append(PruneTarget(
                         row=row,
+                        slot=row if slots is None else int(slots[row]),
                         req_id=req_id,
                         query_index=start + last_prompt - first,
                         prompt_len=last_prompt + 1,
                         total_len=first + n,
                         images=images,
                         config=config,
-                    )
-                )
+                    ))
         start += n
-    return targets
+    return targets, planned, skipped

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-WORKER_EXT = "vllm_plphp.worker_ext.PlphpWorkerExtension"
+WORKER_EXT = "vllm_plphp.worker.extension.PlphpWorkerExtension"
 
 
 class PlphpWorkerExtension:
+    @property
+    def _plphp(self):
+        from vllm_plphp.core.worker import worker_for
+
+        return worker_for(self.model_runner.vllm_config)
+
     def plphp_records(self, req_ids=None) -> dict:
         """{req_id: {layer_index: {gamma, rate, kept, total, vision, vision_kept}}}.
 
         req_ids: user-facing ids (`RequestOutput.request_id`); the engine's
         internal id is that id plus a random "-suffix", and is matched too.
         """
-        from vllm_plphp.worker_state import STATE
-
-        merged = {**STATE.finished, **STATE.records}
+        merged = {**self._plphp.finished, **self._plphp.records}
         out = {}
         for internal, layers in merged.items():
             key = internal
@@ -32,37 +36,27 @@ class PlphpWorkerExtension:
         return out
 
     def plphp_set_record_seq_lens(self, on: bool) -> None:
-        from vllm_plphp.worker_state import STATE
-
-        STATE.record_seq_lens = bool(on)
-        STATE.last_seq_lens.clear()
+        self._plphp.record_seq_lens = bool(on)
+        self._plphp.last_seq_lens.clear()
 
     def plphp_last_seq_lens(self) -> dict:
         """{layer_name: seq_lens the stock kernel received in the last step}."""
-        from vllm_plphp.worker_state import STATE
-
-        return dict(STATE.last_seq_lens)
+        return dict(self._plphp.last_seq_lens)
 
     def plphp_timing(self, reset: bool = False) -> dict:
         """Seconds spent scoring + compacting, and in the steps that pruned."""
-        from vllm_plphp.worker_state import STATE
-
-        out = {"prune_seconds": STATE.prune_seconds, "pruning_step_seconds": STATE.pruning_step_seconds}
+        out = {"prune_seconds": self._plphp.prune_seconds, "pruning_step_seconds": self._plphp.pruning_step_seconds}
         if reset:
-            STATE.prune_seconds = STATE.pruning_step_seconds = 0.0
+            self._plphp.prune_seconds = self._plphp.pruning_step_seconds = 0.0
         return out
 
     def plphp_record_keep(self, layer: int | None) -> None:
         """Keep each KV head's kept positions of `layer` for later requests."""
-        from vllm_plphp.worker_state import STATE
-
-        STATE.keep_layer = layer
-        STATE.keep_maps.clear()
+        self._plphp.keep_layer = layer
+        self._plphp.keep_maps.clear()
 
     def plphp_keep_maps(self) -> dict:
-        from vllm_plphp.worker_state import STATE
-
-        return dict(STATE.keep_maps)
+        return dict(self._plphp.keep_maps)
 
     def plphp_attention_impls(self) -> dict:
         """{layer_name: attention impl class path} of the loaded model."""

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vllm.utils.math_utils import cdiv
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
 from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+from vllm_plphp.core.blocks import kept_blocks
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,15 +47,16 @@ class PlphpLayerManager(FullAttentionManager):
 
     def prune(self, request_id: str, num_pruned: int, num_tokens: int) -> int:
         """The worker removed `num_pruned` of the request's first `num_tokens`
-        entries of this layer: keep cdiv(num_tokens - num_pruned) blocks, free
-        the rest (tail first). Returns the number of blocks freed."""
+        entries of this layer: free the blocks of those first entries it no
+        longer needs (`kept_blocks`; blocks allocated after them stay, as on
+        the worker). Returns the number of blocks freed."""
         blocks = self.req_to_blocks.get(request_id)
         self.num_pruned[request_id] = num_pruned
         if not blocks:
             return 0
-        keep = cdiv(num_tokens - num_pruned, self.block_size)
-        tail = blocks[keep:]
-        del blocks[keep:]
+        keep, first = kept_blocks(num_tokens, num_pruned, self.block_size)
+        tail = blocks[keep:first]
+        del blocks[keep:first]
         self.block_pool.free_blocks(reversed(tail))
         return len(tail)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_plphp import scoring
+from vllm_plphp.core import scoring
 
 POLICIES = ("plphp", "fastv", "vtw")
 

@@ -1,0 +1,159 @@
+"""Prune one layer's cache for this step's targets (worker side, once per
+request per layer, in the step that computes the request's last prompt token).
+
+Per layer, each target's policy (`vllm_plphp.core.policies`) says whether the
+layer scores (last prompt token's attention row) and whether it prunes. Order:
+the scores of every scoring target, one all-reduce of the per-vision-token head
+sums across tensor-parallel ranks (each rank holds a slice of the heads, and
+all must keep the same entries), then per target: the policy's choice of kept
+entries, compaction, and the commit of the layer's new length through the
+runner adapter (`adapter.block_ids` / `adapter.commit`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+import torch
+from vllm.platforms import current_platform
+
+from vllm_plphp.core import compaction, kv_layout, scoring
+from vllm_plphp.core.policies import LayerScores, get_policy
+from vllm_plphp.core.worker import LayerRecord, PlphpWorker
+from vllm_plphp.log import logger
+
+
+@functools.lru_cache(maxsize=None)
+def layer_position(layer_name: str) -> int:
+    from vllm.model_executor.models.utils import extract_layer_index
+
+    return extract_layer_index(layer_name)
+
+
+def cache_views(impl, layer, kv_cache):
+    if current_platform.is_cpu():
+        return kv_layout.cpu_views(kv_cache, layer.isa)
+    return kv_layout.cuda_views(kv_cache, impl.head_size)
+
+
+def _tp_size() -> int:
+    from vllm.distributed import get_tensor_model_parallel_world_size
+
+    return get_tensor_model_parallel_world_size()
+
+
+def _tp_all_reduce(values: torch.Tensor) -> torch.Tensor:
+    if _tp_size() == 1:
+        return values
+    from vllm.distributed import tensor_model_parallel_all_reduce
+
+    return tensor_model_parallel_all_reduce(values)
+
+
+def prune_layer(worker: PlphpWorker, impl, layer, query: torch.Tensor, kv_cache: torch.Tensor) -> None:
+    start = time.perf_counter()
+    roles = _roles(worker, layer_position(layer.layer_name))
+    if roles:
+        _prune(worker, roles, impl, layer, query, kv_cache)
+    worker.prune_seconds += time.perf_counter() - start
+
+
+def _roles(worker: PlphpWorker, layer_idx: int) -> list:
+    """(target, policy, scores this layer?, prunes this layer?) per target."""
+    n = worker.num_layers
+    roles = []
+    for target in worker.step.targets:
+        policy = get_policy(target.config.policy)
+        score = policy.scores_layer(target.config, layer_idx, n)
+        prune = policy.prunes_layer(target.config, layer_idx, n)
+        if score or prune:
+            roles.append((target, policy, score, prune))
+    return roles
+
+
+def _layer_scores(roles, query, k_cache, blocks, scale) -> dict[int, LayerScores]:
+    """Scores of the targets this layer scores. Attention on each vision
+    position averaged over ALL query heads: this rank's head sums, reduced
+    across tensor-parallel ranks, / global heads."""
+    scored = [t for t, _, score, _ in roles if score]
+    if not scored:
+        return {}
+    num_kv_heads = k_cache.shape[1]
+    probs, vision = {}, {}
+    for t in scored:
+        keys = compaction.gather(k_cache, blocks[t.row], t.prompt_len)
+        probs[t.row] = scoring.last_token_attention(query[t.query_index], keys, scale)
+        vision[t.row] = torch.cat(t.images).to(k_cache.device)
+    sums = torch.cat([probs[t.row][:, vision[t.row]].sum(0) for t in scored])
+    sums = _tp_all_reduce(sums) / (query.shape[1] * _tp_size())
+    parts = torch.split(sums, [vision[t.row].numel() for t in scored])
+    return {t.row: LayerScores(probs[t.row], part, num_kv_heads) for t, part in zip(scored, parts)}
+
+
+def _prune(worker: PlphpWorker, roles, impl, layer, query, kv_cache) -> None:
+    layer_idx = layer_position(layer.layer_name)
+    gid = worker.layer_to_group[layer.layer_name]
+    adapter, step = worker.adapter, worker.step
+    k_cache, v_cache = cache_views(impl, layer, kv_cache)
+    num_kv_heads = k_cache.shape[1]
+    blocks = {t.row: adapter.block_ids(gid, t) for t, *_ in roles}
+    layer_scores = _layer_scores(roles, query, k_cache, blocks, impl.scale)
+
+    for target, policy, score, prune in roles:
+        images = [p.to(k_cache.device) for p in target.images]
+        scores = layer_scores.get(target.row)
+        if score:
+            policy.observe(target.config, target.memo, images, scores)
+        if not prune:
+            continue
+        choice = policy.choose(target.config, target.memo, images, target.total_len, num_kv_heads)
+        compaction.compact_(k_cache, v_cache, blocks[target.row], choice.keep)
+        kept = choice.keep.shape[1]
+        adapter.commit(gid, target, kept)
+        step.events.setdefault(target.req_id, {})[gid] = (target.total_len - kept, target.total_len)
+        step.layers_pruned[target.req_id] = step.layers_pruned.get(target.req_id, 0) + 1
+        _record(worker, target, layer_idx, choice, kept, scores)
+        if layer_idx == policy.last_layer(target.config, worker.num_layers):
+            _log_request(worker, target)
+
+
+def _record(worker: PlphpWorker, target, layer_idx: int, choice, kept: int, scores) -> None:
+    """Metrics counts, the per-request record and (inspection) the keep map."""
+    step = worker.step
+    num_vision = target.num_vision
+    vision_kept = num_vision - (target.total_len - kept)
+    step.count("vision_tokens_seen", num_vision)
+    step.count("vision_tokens_kept", vision_kept)
+    step.stats.setdefault("rates", []).append(choice.rate)
+    if worker.keep_layer == layer_idx:
+        worker.keep_maps[target.req_id] = {
+            "layer": layer_idx,
+            "images": [p.tolist() for p in target.images],
+            "keep": choice.keep.cpu().tolist(),  # (Hkv, L) positions per KV head
+        }
+    worker.records.setdefault(target.req_id, {})[layer_idx] = LayerRecord(
+        gamma=scores.gamma if scores is not None else float("nan"),
+        rate=choice.rate,
+        kept=kept,
+        total=target.total_len,
+        vision=num_vision,
+        vision_kept=vision_kept,
+    )
+
+
+def _log_request(worker: PlphpWorker, target) -> None:
+    """Debug line per request: per-layer category (A attentive, B balanced,
+    I indifferent, - not scored), then kept/total entries summed over pruned
+    layers."""
+    if not logger.isEnabledFor(logging.DEBUG):
+        return
+    c = target.config
+    layers = worker.records.get(target.req_id, {})
+    cats = "".join("-" if r.gamma != r.gamma else c.category(r.gamma)
+                   for _, r in sorted(layers.items()))
+    kept = sum(r.kept for r in layers.values())
+    total = sum(r.total for r in layers.values())
+    logger.debug("PLPHP request %s (%s): layers %d.. categories %s, kept %d/%d entries",
+                 target.req_id, c.policy, min(layers, default=0), cats, kept, total)

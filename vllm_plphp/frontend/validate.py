@@ -1,0 +1,69 @@
+"""Start-up checks for `--attention-backend plphp`, run where the engine
+config is built (the process the user started): every vLLM feature PLPHP
+cannot serve correctly is refused here, naming it and what works instead."""
+
+from __future__ import annotations
+
+import torch
+
+from vllm_plphp.config import PlphpConfig, from_vllm_config
+
+
+class PlphpUnsupportedError(ValueError):
+    """A vLLM feature that PLPHP does not support was enabled."""
+
+
+def refuse_prefix_caching() -> None:
+    raise PlphpUnsupportedError(
+        "--attention-backend plphp does not support prefix caching yet: pruning "
+        "compacts a request's KV blocks, which other requests could share. "
+        "Remove --enable-prefix-caching (PLPHP turns it off by default)."
+    )
+
+
+def _refusals(vllm_config) -> list[str]:
+    """One sentence per unsupported feature that is on."""
+    from vllm.platforms import current_platform
+
+    model = vllm_config.model_config
+    parallel = vllm_config.parallel_config
+    out = []
+    if not (current_platform.is_cpu() or current_platform.is_cuda()):
+        out.append(f"platform {current_platform.device_name!r}: PLPHP wraps CPU_ATTN on "
+                   "CPU and FLASH_ATTN on NVIDIA CUDA only")
+    if model is not None and model.use_mla:
+        out.append("MLA models (latent KV caches have no per-head entries to prune); "
+                   "use the model's default attention backend")
+    if current_platform.is_cuda() and model is not None and model.dtype == torch.float32:
+        out.append("float32 on CUDA (the wrapped FLASH_ATTN kernel takes fp16/bf16); "
+                   "pass --dtype bfloat16 or --dtype float16")
+    if vllm_config.speculative_config is not None:
+        out.append("speculative decoding (draft tokens would be written at unpruned "
+                   "positions); remove --speculative-config")
+    if vllm_config.cache_config.cache_dtype not in ("auto", None):
+        out.append(f"kv_cache_dtype {vllm_config.cache_config.cache_dtype!r} (only 'auto' "
+                   "is supported so far); remove --kv-cache-dtype")
+    if parallel.pipeline_parallel_size > 1:
+        out.append("pipeline parallelism; use tensor parallelism (--tensor-parallel-size)")
+    if parallel.decode_context_parallel_size > 1 or parallel.prefill_context_parallel_size > 1:
+        out.append("context parallelism (KV entries split across ranks by position); "
+                   "use tensor parallelism")
+    if parallel.enable_dbo:
+        out.append("dual-batch overlap (--enable-dbo; micro-batches build their own "
+                   "attention metadata); remove --enable-dbo")
+    if vllm_config.kv_transfer_config is not None:
+        out.append("KV connectors and KV offloading (--kv-transfer-config, "
+                   "--kv-offloading-size: they move blocks PLPHP compacts); remove them")
+    return out
+
+
+def validate_engine_config(vllm_config) -> PlphpConfig:
+    """Raise on a bad plphp section or an unsupported feature; return the config."""
+    config = from_vllm_config(vllm_config)
+    if vllm_config.cache_config.enable_prefix_caching:
+        refuse_prefix_caching()
+    refusals = _refusals(vllm_config)
+    if refusals:
+        raise PlphpUnsupportedError(
+            "--attention-backend plphp does not support " + "; ".join(refusals))
+    return config

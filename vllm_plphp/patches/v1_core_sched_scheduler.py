@@ -1,0 +1,44 @@
+"""Target: vllm.v1.core.sched.scheduler.Scheduler.update_from_output
+
+Why: after the worker prunes a request's layer, the tail blocks of that
+layer's block list must return to vLLM's block pool, so more requests fit and
+`vllm:kv_cache_usage_perc` shows the saving; and an image request must never
+decode unpruned under PLPHP without a word.
+How: before the original, `vllm_plphp.engine.commit.apply_output` applies the
+ModelRunnerOutput's prune events (`vllm_plphp.worker.outputs`) to the
+per-layer managers and records metrics; after it, `check_first_tokens` raises
+if an image request emitted its first token without the worker having planned
+it. With synchronous scheduling the events arrive before the next schedule;
+with async scheduling one step later, after the scheduler already allocated
+the in-flight step at full length (`vllm_plphp.core.blocks` keeps both sides'
+block lists equal either way). Requests that already left the manager
+(aborted, finished) are skipped. Engines without PLPHP skip all of it.
+vLLM versions checked: 0.32.0 (synchronous and async scheduling).
+Remove when: vLLM has a worker-to-KV-cache-manager channel.
+"""
+
+from vllm.v1.core.sched.scheduler import Scheduler
+
+from vllm_plphp.engine.commit import apply_output, awaiting_first_token, check_first_tokens
+from vllm_plphp.patches import original, patch, plphp_selected
+from vllm_plphp.worker.outputs import read
+
+
+def _update_from_output(self, scheduler_output, model_runner_output, *args, **kwargs):
+    on = getattr(self, "_plphp_on", None)
+    if on is None:
+        on = self._plphp_on = plphp_selected(self.vllm_config)
+    if not on:
+        return original(Scheduler, "update_from_output")(
+            self, scheduler_output, model_runner_output, *args, **kwargs)
+    data = read(model_runner_output)
+    apply_output(self, data)
+    waiting = awaiting_first_token(self, model_runner_output)
+    result = original(Scheduler, "update_from_output")(
+        self, scheduler_output, model_runner_output, *args, **kwargs)
+    check_first_tokens(waiting, data)
+    return result
+
+
+def apply() -> None:
+    patch(Scheduler, "update_from_output", _update_from_output)

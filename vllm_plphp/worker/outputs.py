@@ -1,0 +1,39 @@
+"""The worker -> scheduler channel: what a step pruned rides on its
+ModelRunnerOutput (pickled to the engine core with the rest of the output) as
+one attribute, read by `vllm_plphp.engine.commit`."""
+
+from __future__ import annotations
+
+import copy
+
+from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, ModelRunnerOutput
+
+OUTPUT_ATTR = "plphp"
+
+
+def _inner(output):
+    """The ModelRunnerOutput inside an async output wrapper (V1's
+    AsyncGPUModelRunnerOutput, Model Runner V2's AsyncOutput), or output itself."""
+    for attr in ("_model_runner_output", "model_runner_output"):
+        inner = getattr(output, attr, None)
+        if isinstance(inner, ModelRunnerOutput):
+            return inner
+    return output
+
+
+def attach_outbox(worker, output):
+    """Move the worker's pending events/stats onto this step's output."""
+    target = _inner(output)
+    if not isinstance(target, ModelRunnerOutput):
+        return output  # nothing to ride on; they go with the next output
+    out = worker.take_outbox()
+    if out is None:
+        return output
+    if target is EMPTY_MODEL_RUNNER_OUTPUT:  # a shared singleton: never mutate it
+        target = output = copy.copy(target)
+    setattr(target, OUTPUT_ATTR, {"events": out.events, "stats": out.stats, "planned": out.planned})
+    return output
+
+
+def read(output) -> dict | None:
+    return getattr(output, OUTPUT_ATTR, None)
