@@ -75,7 +75,7 @@ def run_server(model: str, plphp: dict | None, args) -> dict:
     extra = ["--block-size", str(args.block_size), "--max-num-seqs", str(args.requests),
              "--max-model-len", "1024",
              "--max-num-batched-tokens", "8192"]
-    srv = Server(model, *extra, plphp=plphp, kv_bytes=args.kv_mib << 20, timeout=600)
+    srv = Server(model, *extra, plphp=plphp, kv_bytes=args.kv_mib << 20, timeout=600, eager=False)
     try:
         asyncio.run(workload(srv.url, 1, 2))  # warm-up
         sampler = Sampler(srv)
@@ -105,7 +105,7 @@ def prune_overhead(model: str, r: float) -> float:
     from vllm_plphp.fixtures.prompts import prompt_inputs
     from vllm_plphp.worker.extension import WORKER_EXT
 
-    llm = LLM(model=model, dtype="float32", max_model_len=4096, enforce_eager=True,
+    llm = LLM(model=model, dtype="float32", max_model_len=4096,
               kv_cache_memory_bytes=256 << 20, limit_mm_per_prompt={"image": 2},
               attention_backend="plphp", additional_config={"plphp": {"r": r}},
               worker_extension_cls=WORKER_EXT)

@@ -23,7 +23,7 @@ def main():
     prompts = [prompt_inputs(name, 1, 0), prompt_inputs(name, 2, 3), prompt_inputs(name, 0, 0)]
     labels = ["1 image", "2 images", "text only"]
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)
-    common = dict(model=path, dtype="float32", max_model_len=4096, enforce_eager=True,
+    common = dict(model=path, dtype="float32", max_model_len=4096,
                   kv_cache_memory_bytes=256 << 20, limit_mm_per_prompt={"image": 2})
 
     stock = LLM(**common)

@@ -20,7 +20,7 @@ def main():
         model=args.model or build_fixture("llava"),
         attention_backend="plphp",
         additional_config={"plphp": {"r": 0.4, "delta_r": 0.3}},
-        dtype="float32", max_model_len=4096, enforce_eager=True,
+        dtype="float32", max_model_len=4096,
         kv_cache_memory_bytes=256 << 20, limit_mm_per_prompt={"image": 2},
     )
     params = SamplingParams(temperature=0, max_tokens=16)

@@ -11,7 +11,7 @@ LOG=$(mktemp -t plphp-serve-XXXX.log)
 echo "[quickstart] vllm serve $MODEL --attention-backend plphp (log: $LOG)"
 .venv/bin/vllm serve "$MODEL" --port "$PORT" --served-model-name fixture \
   --attention-backend plphp --additional-config '{"plphp": {"r": 0.4}}' \
-  --dtype float32 --max-model-len 4096 --enforce-eager --kv-cache-memory-bytes 268435456 \
+  --dtype float32 --max-model-len 4096 --kv-cache-memory-bytes 268435456 \
   --limit-mm-per-prompt '{"image": 2}' >"$LOG" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT

@@ -7,9 +7,16 @@ import os
 
 import pytest
 
+from tests.support import gpu_defaults
+
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 MAX_TOKENS = 12
+# Under vLLM's GPU defaults (second pass of scripts/test.sh) engines compile
+# with torch.compile, as vLLM does by default. The first pass runs eager: each
+# compiled engine start costs CI time, and compiled V1 runs are covered by the
+# quick start, the examples test and tests/integration/test_compiled.py.
+EAGER = not gpu_defaults.enabled()
 
 
 def engine_kwargs(path: str, backend: str | None = None, plphp: dict | None = None, **kw):
@@ -19,7 +26,7 @@ def engine_kwargs(path: str, backend: str | None = None, plphp: dict | None = No
         dtype="float32",
         max_model_len=4096,
         kv_cache_memory_bytes=192 << 20,
-        enforce_eager=True,
+        enforce_eager=EAGER,
         limit_mm_per_prompt={"image": 2},
         disable_log_stats=True,
         seed=0,
@@ -66,7 +73,7 @@ def qwen2_vl_path() -> str:
 def make_inprocess_llm(path: str, backend: str | None = None, plphp: dict | None = None, **kw):
     """An LLM whose engine core (scheduler, block pool) lives in this process,
     so tests can read the block pool. The worker runs in its own process ("mp"
-    executor): worker state is per process, one worker per process."""
+    executor) unless `distributed_executor_backend="uni"` puts it here too."""
     old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     kw.setdefault("distributed_executor_backend", "mp")
@@ -81,6 +88,11 @@ def make_inprocess_llm(path: str, backend: str | None = None, plphp: dict | None
 
 def scheduler_of(llm):
     return llm.llm_engine.engine_core.engine_core.scheduler
+
+
+def runner_of(llm):
+    """The model runner of an in-process engine with the "uni" executor."""
+    return llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
 
 
 def run_steps(llm, schedule: dict[int, list], params, abort_at: dict[int, list] | None = None):

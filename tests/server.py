@@ -23,12 +23,16 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, model: str, *args: str, plphp: dict | None = None, env: dict | None = None,
-                 kv_bytes: int = 192 << 20, timeout: float = 300):
+                 kv_bytes: int = 192 << 20, timeout: float = 300, eager: bool | None = None):
+        if eager is None:
+            from tests.conftest import EAGER as eager
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [
             VLLM, "serve", model, "--port", str(self.port), "--host", "127.0.0.1",
-            "--dtype", "float32", "--max-model-len", "4096", "--enforce-eager",
+            "--dtype", "float32", "--max-model-len", "4096",
+            # eager in the first test pass only: CI time (tests/conftest.py EAGER)
+            *(["--enforce-eager"] if eager else []),
             "--kv-cache-memory-bytes", str(kv_bytes), "--served-model-name", "fixture",
             "--limit-mm-per-prompt", json.dumps({"image": 2}), *args,
         ]

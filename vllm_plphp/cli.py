@@ -35,7 +35,7 @@ def run_inspect(args) -> dict:
     config = from_dict(settings)
     llm = LLM(model=args.model, attention_backend="plphp", additional_config={"plphp": settings},
               worker_extension_cls=WORKER_EXT, dtype=args.dtype, max_model_len=args.max_model_len,
-              enforce_eager=True, kv_cache_memory_bytes=args.kv_mib << 20,
+              kv_cache_memory_bytes=args.kv_mib << 20,
               limit_mm_per_prompt={"image": 1})
     try:
         image = Image.open(args.image).convert("RGB")

@@ -54,7 +54,7 @@ def settings(num_layers: int) -> dict[str, dict | None]:
 def make_engine(model: str, plphp: bool):
     from vllm import LLM
 
-    kw = dict(model=model, dtype="float32", max_model_len=1024, enforce_eager=True,
+    kw = dict(model=model, dtype="float32", max_model_len=1024,
               kv_cache_memory_bytes=256 << 20, limit_mm_per_prompt={"image": 3},
               disable_log_stats=True, seed=0,
               enable_prefix_caching=False)  # PLPHP refuses it; stock must not time cached prefills

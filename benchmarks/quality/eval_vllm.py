@@ -24,7 +24,7 @@ def vllm_answers(model: str, examples, llm_kwargs: dict) -> tuple[list[str], flo
     from vllm import LLM, SamplingParams
 
     kwargs = dict(model=model, dtype="float32", max_model_len=1024, seed=0,
-                  limit_mm_per_prompt={"image": 3}, enforce_eager=True,
+                  limit_mm_per_prompt={"image": 3},
                   gpu_memory_utilization=0.3)
     kwargs.update(llm_kwargs)
     llm = LLM(**kwargs)

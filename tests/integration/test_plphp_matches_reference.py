@@ -114,7 +114,10 @@ def test_mixed_layer_categories_equal_reference(family, default_run):
 
 
 def test_decode_kernel_reads_compacted_lengths(family):
+    """The stock kernel gets each layer's compacted length, from a buffer that
+    keeps its address from step to step (what a captured full CUDA graph reads)."""
     llm = family.llm
+    buffers = llm.collective_rpc("plphp_seq_lens_buffers")[0]
     llm.collective_rpc("plphp_set_record_seq_lens", args=(True,))
     try:
         out = llm.generate([family.prompts[1]], greedy())[0]
@@ -122,6 +125,8 @@ def test_decode_kernel_reads_compacted_lengths(family):
         records = llm.collective_rpc("plphp_records", args=([out.request_id],))[0][out.request_id]
     finally:
         llm.collective_rpc("plphp_set_record_seq_lens", args=(False,))
+    assert set(buffers) == set(seq_lens) and len(set(buffers.values())) == len(buffers)
+    assert llm.collective_rpc("plphp_seq_lens_buffers")[0] == buffers
     full = len(out.prompt_token_ids) + MAX_TOKENS - 1  # last decode step
     for name, lens in seq_lens.items():
         layer = int(name.split("layers.")[1].split(".")[0])

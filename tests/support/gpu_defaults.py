@@ -13,10 +13,9 @@ Model Runner V2 and async scheduling (../shared/DESIGN.md s.3).
   caller passed `async_scheduling=False` or a feature rules it out).
 
 `enable()` must run before anything imports `vllm.triton_utils`, in every
-process that builds a config or a model runner: tests run the engine core and
-the worker in the test process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, "uni"
-executor) or set `PLPHP_TEST_GPU_DEFAULTS=1`, which `tests/support/sitecustomize`
-reads in child processes.
+process that builds a config or a model runner: `PLPHP_GPU_DEFAULTS=1` with
+`tests/support/site` on PYTHONPATH does it at interpreter start in every
+process (scripts/test.sh, second pass; `enabled()` tells tests).
 """
 
 from __future__ import annotations
@@ -31,6 +30,10 @@ class _ActiveDriver:
     @staticmethod
     def is_active() -> bool:
         return True
+
+
+def enabled() -> bool:
+    return _enabled
 
 
 def enable() -> None:

@@ -71,3 +71,16 @@ class PlphpWorkerExtension:
     def plphp_kv_cache_groups(self) -> list[list[str]]:
         """Layer names of each KV cache group (PLPHP: one layer per group)."""
         return [list(g.layer_names) for g in self.model_runner.kv_cache_config.kv_cache_groups]
+
+    def plphp_seq_lens_buffers(self) -> dict:
+        """{layer_name: address of the persistent seq_lens buffer its attention
+        metadata builder hands the kernel} (what a full CUDA graph reads)."""
+        out = {}
+        for groups in self.model_runner.attn_groups:
+            for group in groups:
+                for builder in group.metadata_builders:
+                    buf = getattr(builder, "seq_lens_buf", None)
+                    if buf is not None:
+                        for name in group.layer_names:
+                            out[name] = buf.data_ptr()
+        return out

@@ -1,0 +1,18 @@
+"""Modules here run under vLLM's GPU defaults (Model Runner V2, async
+scheduling, torch.compile) on CPU; they need tests/support/gpu_defaults.py
+applied at interpreter start in every process, which the second pass of
+scripts/test.sh does. In any other run they are skipped, saying so."""
+
+import pytest
+
+from tests.support import gpu_defaults
+
+
+def pytest_collection_modifyitems(config, items):
+    if gpu_defaults.enabled():
+        return
+    skip = pytest.mark.skip(reason="runs in the second pass of scripts/test.sh "
+                                   "(PLPHP_GPU_DEFAULTS=1, tests/support/site on PYTHONPATH)")
+    for item in items:
+        if "tests/gpu_defaults/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(skip)
