@@ -1,0 +1,68 @@
+"""Start-up refusals: each unsupported feature is named, with what works
+instead (fake configs, so every refusal is checked without its hardware)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from vllm.platforms import current_platform
+
+from vllm_plphp.frontend.validate import PlphpUnsupportedError, _refusals, validate_engine_config
+
+
+def config(**changes):
+    c = SimpleNamespace(
+        model_config=SimpleNamespace(use_mla=False, dtype=torch.float32),
+        parallel_config=SimpleNamespace(pipeline_parallel_size=1, decode_context_parallel_size=1,
+                                        prefill_context_parallel_size=1, enable_dbo=False),
+        cache_config=SimpleNamespace(cache_dtype="auto", enable_prefix_caching=False),
+        speculative_config=None, kv_transfer_config=None, additional_config={})
+    for path, value in changes.items():
+        obj = c
+        *parents, last = path.split(".")
+        for p in parents:
+            obj = getattr(obj, p)
+        setattr(obj, last, value)
+    return c
+
+
+CASES = {
+    "model_config.use_mla": (True, "MLA"),
+    "speculative_config": (object(), "speculative decoding"),
+    "cache_config.cache_dtype": ("fp8", "kv_cache_dtype 'fp8'"),
+    "parallel_config.pipeline_parallel_size": (2, "pipeline parallelism"),
+    "parallel_config.decode_context_parallel_size": (2, "context parallelism"),
+    "parallel_config.prefill_context_parallel_size": (2, "context parallelism"),
+    "parallel_config.enable_dbo": (True, "dual-batch overlap"),
+    "kv_transfer_config": (object(), "KV connectors and KV offloading"),
+}
+
+
+def test_supported_config_passes():
+    assert _refusals(config()) == []
+    validate_engine_config(config())
+
+
+@pytest.mark.parametrize("path", CASES)
+def test_each_unsupported_feature_is_named(path):
+    value, words = CASES[path]
+    with pytest.raises(PlphpUnsupportedError, match=words):
+        validate_engine_config(config(**{path: value}))
+
+
+def test_float32_refused_on_cuda_only(monkeypatch):
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: False)
+    monkeypatch.setattr(current_platform, "is_cuda", lambda: True)
+    assert any("float32 on CUDA" in r for r in _refusals(config()))
+    assert _refusals(config(**{"model_config.dtype": torch.bfloat16})) == []
+
+
+def test_other_platforms_refused(monkeypatch):
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: False)
+    monkeypatch.setattr(current_platform, "is_cuda", lambda: False)
+    assert any("CPU_ATTN on CPU and FLASH_ATTN on NVIDIA CUDA only" in r for r in _refusals(config()))
+
+
+def test_prefix_caching_refused():
+    with pytest.raises(PlphpUnsupportedError, match="prefix caching"):
+        validate_engine_config(config(**{"cache_config.enable_prefix_caching": True}))
