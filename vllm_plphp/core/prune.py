@@ -8,6 +8,13 @@ sums across tensor-parallel ranks (each rank holds a slice of the heads, and
 all must keep the same entries), then per target: the policy's choice of kept
 entries, compaction, and the commit of the layer's new length through the
 runner adapter (`adapter.block_ids` / `adapter.commit`).
+
+On CUDA (Triton importable, `VLLM_PLPHP_GPU_KERNELS` not "0"), PLPHP-policy
+layers take the batched path instead: one fused Triton call per layer for all
+of the step's targets (`vllm_plphp.gpu.ops.prune_layer_batched_`: scores,
+gamma_l, r_l, per-head top-K, in-place compaction on the device), with no host
+sync per layer; the kept lengths come back once per step (`commit_pending`).
+FastV / VTW and mixed GQA reductions use the torch path everywhere.
 """
 
 from __future__ import annotations
@@ -56,8 +63,74 @@ def prune_layer(worker: PlphpWorker, impl, layer, query: torch.Tensor, kv_cache:
     start = time.perf_counter()
     roles = _roles(worker, layer_position(layer.layer_name))
     if roles:
-        _prune(worker, roles, impl, layer, query, kv_cache)
+        if _batched(worker, roles, kv_cache):
+            _prune_batched(worker, roles, impl, layer, query, kv_cache)
+        else:
+            _prune(worker, roles, impl, layer, query, kv_cache)
     worker.prune_seconds += time.perf_counter() - start
+
+
+def _batched(worker: PlphpWorker, roles, kv_cache: torch.Tensor) -> bool:
+    """The fused Triton path: CUDA (or worker.kernels == "triton"), PLPHP only."""
+    if worker.kernels == "torch" or (worker.kernels is None and not kv_cache.is_cuda):
+        return False
+    if any(policy.name != "plphp" or not (score and prune) for _, policy, score, prune in roles):
+        return False
+    if len({t.config.gqa_reduce for t, *_ in roles}) != 1:
+        return False
+    from vllm_plphp.gpu import ops
+
+    return ops.use_triton(kv_cache, "triton" if worker.kernels == "triton" else None)
+
+
+def _prune_batched(worker: PlphpWorker, roles, impl, layer, query, kv_cache) -> None:
+    from vllm_plphp.gpu import make_plan, ops
+
+    step = worker.step
+    targets = [t for t, *_ in roles]
+    k_cache, v_cache = cache_views(impl, layer, kv_cache)
+    if step.batch is None or step.batch[0] != [t.req_id for t in targets]:
+        device = k_cache.device
+        plan = make_plan([t.images for t in targets], [t.prompt_len for t in targets],
+                         [t.total_len for t in targets], device, configs=[t.config for t in targets])
+        rows = torch.tensor([t.row for t in targets], device=device)
+        queries = torch.tensor([t.query_index for t in targets], device=device)
+        step.batch = ([t.req_id for t in targets], plan, rows, queries)
+    _, plan, rows, query_rows = step.batch
+    gid = worker.layer_to_group[layer.layer_name]
+    layer_idx = layer_position(layer.layer_name)
+    tp = _tp_size()
+    result = ops.prune_layer_batched_(
+        query.index_select(0, query_rows), k_cache, v_cache,
+        worker.adapter.block_table(gid, rows), plan, impl.scale, targets[0].config.gqa_reduce,
+        num_heads_total=query.shape[1] * tp, all_reduce=_tp_all_reduce if tp > 1 else None,
+        backend="triton", return_keep=worker.keep_layer == layer_idx)
+    step.pending.append((gid, layer_idx, targets, result))
+
+
+def commit_pending(worker: PlphpWorker, step) -> None:
+    """The batched path's commits for the whole step: one device->host copy."""
+    if not step.pending:
+        return
+    pending, step.pending = step.pending, []
+    lengths = torch.stack([r.lengths.to(torch.int64) for *_, r in pending]).cpu().tolist()
+    gammas = torch.stack([r.gammas.to(torch.float64) for *_, r in pending]).cpu().tolist()
+    rates = torch.stack([r.rates.to(torch.float64) for *_, r in pending]).cpu().tolist()
+    for i, (gid, layer_idx, targets, result) in enumerate(pending):
+        for b, target in enumerate(targets):
+            kept = lengths[i][b]
+            keep = None if result.keep is None else result.keep[b, :, :kept]
+            _commit(worker, gid, target, kept)
+            _record(worker, target, layer_idx, kept, rates[i][b], gammas[i][b], keep)
+    for target in pending[-1][2]:
+        _log_request(worker, target)
+
+
+def _commit(worker: PlphpWorker, gid: int, target, kept: int) -> None:
+    worker.adapter.commit(gid, target, kept)
+    step = worker.step
+    step.events.setdefault(target.req_id, {})[gid] = (target.total_len - kept, target.total_len)
+    step.layers_pruned[target.req_id] = step.layers_pruned.get(target.req_id, 0) + 1
 
 
 def _roles(worker: PlphpWorker, layer_idx: int) -> list:
@@ -95,7 +168,7 @@ def _layer_scores(roles, query, k_cache, blocks, scale) -> dict[int, LayerScores
 def _prune(worker: PlphpWorker, roles, impl, layer, query, kv_cache) -> None:
     layer_idx = layer_position(layer.layer_name)
     gid = worker.layer_to_group[layer.layer_name]
-    adapter, step = worker.adapter, worker.step
+    adapter = worker.adapter
     k_cache, v_cache = cache_views(impl, layer, kv_cache)
     num_kv_heads = k_cache.shape[1]
     blocks = {t.row: adapter.block_ids(gid, t) for t, *_ in roles}
@@ -111,31 +184,31 @@ def _prune(worker: PlphpWorker, roles, impl, layer, query, kv_cache) -> None:
         choice = policy.choose(target.config, target.memo, images, target.total_len, num_kv_heads)
         compaction.compact_(k_cache, v_cache, blocks[target.row], choice.keep)
         kept = choice.keep.shape[1]
-        adapter.commit(gid, target, kept)
-        step.events.setdefault(target.req_id, {})[gid] = (target.total_len - kept, target.total_len)
-        step.layers_pruned[target.req_id] = step.layers_pruned.get(target.req_id, 0) + 1
-        _record(worker, target, layer_idx, choice, kept, scores)
+        _commit(worker, gid, target, kept)
+        _record(worker, target, layer_idx, kept, choice.rate,
+                scores.gamma if scores is not None else float("nan"), choice.keep)
         if layer_idx == policy.last_layer(target.config, worker.num_layers):
             _log_request(worker, target)
 
 
-def _record(worker: PlphpWorker, target, layer_idx: int, choice, kept: int, scores) -> None:
+def _record(worker: PlphpWorker, target, layer_idx: int, kept: int, rate: float,
+            gamma: float, keep: torch.Tensor | None) -> None:
     """Metrics counts, the per-request record and (inspection) the keep map."""
     step = worker.step
     num_vision = target.num_vision
     vision_kept = num_vision - (target.total_len - kept)
     step.count("vision_tokens_seen", num_vision)
     step.count("vision_tokens_kept", vision_kept)
-    step.stats.setdefault("rates", []).append(choice.rate)
-    if worker.keep_layer == layer_idx:
+    step.stats.setdefault("rates", []).append(rate)
+    if worker.keep_layer == layer_idx and keep is not None:
         worker.keep_maps[target.req_id] = {
             "layer": layer_idx,
             "images": [p.tolist() for p in target.images],
-            "keep": choice.keep.cpu().tolist(),  # (Hkv, L) positions per KV head
+            "keep": keep.cpu().tolist(),  # (Hkv, L) positions per KV head
         }
     worker.records.setdefault(target.req_id, {})[layer_idx] = LayerRecord(
-        gamma=scores.gamma if scores is not None else float("nan"),
-        rate=choice.rate,
+        gamma=gamma,
+        rate=rate,
         kept=kept,
         total=target.total_len,
         vision=num_vision,

@@ -31,6 +31,10 @@ class StepContext:
     stats: dict = field(default_factory=dict)
     # req_id -> number of layers pruned in this step (the never-silent check)
     layers_pruned: dict[str, int] = field(default_factory=dict)
+    # batched (Triton) path: (req ids, BatchPlan, rows, query rows) of the step,
+    # and (group, layer, targets, LayerResult) per layer until `commit_pending`
+    batch: tuple | None = None
+    pending: list = field(default_factory=list)
 
     def count(self, name: str, n: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + n

@@ -42,6 +42,8 @@ class PlphpWorker:
         self.num_layers: int = vllm_config.model_config.hf_text_config.num_hidden_layers
         self.layer_to_group: dict[str, int] = {}
         self.adapter = None  # the runner adapter (vllm_plphp.worker.runner_v1 / runner_v2)
+        # pruning kernels: None (Triton on CUDA, torch elsewhere), "torch" or "triton"
+        self.kernels: str | None = None
         self.step: StepContext | None = None
         # events, stats and planned ids of finished steps not yet handed to an output
         self.outbox = StepContext()
@@ -85,9 +87,14 @@ class PlphpWorker:
     def end_step(self) -> None:
         """Close the step: check every planned target was pruned by some layer,
         and queue its events for the step's ModelRunnerOutput."""
-        step, self.step = self.step, None
+        step = self.step
         if step is None:
             return
+        if step.pending:
+            from vllm_plphp.core.prune import commit_pending
+
+            commit_pending(self, step)
+        self.step = None
         out = self.outbox
         out.planned.extend(step.planned)
         for req_id, groups in step.events.items():

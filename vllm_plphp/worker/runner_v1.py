@@ -78,6 +78,10 @@ class V1Adapter:
         num_blocks = int(table.num_blocks_per_row[target.row])
         return table.block_table.gpu[target.row, :num_blocks].to(torch.long)
 
+    def block_table(self, gid: int, rows: torch.Tensor) -> torch.Tensor:
+        """(len(rows), max_blocks) block ids of these batch rows (batched path)."""
+        return self.table(gid).block_table.gpu.index_select(0, rows)
+
     def commit(self, gid: int, target, kept: int) -> None:
         """The layer now holds `kept` entries: record the count and drop the
         tail blocks from the worker's copies of the request's block list (the

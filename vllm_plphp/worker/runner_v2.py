@@ -119,6 +119,10 @@ class V2Adapter:
         num_blocks = int(self.runner.block_tables.num_blocks.np[gid, target.slot])
         return self.input_tables[gid, target.row, :num_blocks].to(torch.long)
 
+    def block_table(self, gid: int, rows: torch.Tensor) -> torch.Tensor:
+        """(len(rows), max_blocks) block ids of these batch rows (batched path)."""
+        return self.input_tables[gid].index_select(0, rows)
+
     def commit(self, gid: int, target, kept: int) -> None:
         """The layer now holds `kept` entries: record the count (device and
         host mirror) and drop the tail blocks from the slot's block list, as
