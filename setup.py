@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="PLPHP per-layer per-head vision token pruning for vLLM (v1 engine)",
     python_requires=">=3.10",
-    packages=find_packages(include=["vllm_plphp", "vllm_plphp.*"]),
+    packages=find_packages(include=["vllm_plphp", "vllm_plphp.*", "plphp_dev", "plphp_dev.*"]),
     package_data={"vllm_plphp.configs": ["*.json"]},
     install_requires=["vllm>=0.32,<0.33"],
     extras_require={

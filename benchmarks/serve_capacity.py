@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.server import Server, metric_value  # noqa: E402
-from vllm_plphp.fixtures import build_fixture  # noqa: E402
-from vllm_plphp.fixtures.prompts import chat_messages  # noqa: E402
+from plphp_dev.fixtures import build_fixture  # noqa: E402
+from plphp_dev.fixtures.prompts import chat_messages  # noqa: E402
 
 
 class Sampler(threading.Thread):
@@ -102,7 +102,7 @@ def prune_overhead(model: str, r: float) -> float:
     """Share of the pruning steps' time spent in scoring + compaction."""
     from vllm import LLM, SamplingParams
 
-    from vllm_plphp.fixtures.prompts import prompt_inputs
+    from plphp_dev.fixtures.prompts import prompt_inputs
     from vllm_plphp.worker.extension import WORKER_EXT
 
     llm = LLM(model=model, dtype="float32", max_model_len=4096,

@@ -7,8 +7,8 @@ import json
 
 from vllm import LLM, SamplingParams
 
-from vllm_plphp.fixtures import build_fixture
-from vllm_plphp.fixtures.prompts import prompt_inputs
+from plphp_dev.fixtures import build_fixture
+from plphp_dev.fixtures.prompts import prompt_inputs
 from vllm_plphp.worker.extension import WORKER_EXT
 
 

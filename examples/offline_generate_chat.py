@@ -8,8 +8,8 @@ import argparse
 
 from vllm import LLM, SamplingParams
 
-from vllm_plphp.fixtures import build_fixture
-from vllm_plphp.fixtures.prompts import chat_messages, prompt_inputs
+from plphp_dev.fixtures import build_fixture
+from plphp_dev.fixtures.prompts import chat_messages, prompt_inputs
 
 
 def main():

@@ -10,7 +10,7 @@ import urllib.request
 
 from openai import OpenAI
 
-from vllm_plphp.fixtures.prompts import image_to_data_url, make_image
+from plphp_dev.fixtures.prompts import image_to_data_url, make_image
 
 
 def wait_ready(base_url: str, timeout: float) -> None:

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY=.venv/bin/python
-MODEL=$($PY -m vllm_plphp.fixtures build llava)
+MODEL=$($PY -m plphp_dev.fixtures build llava)
 PORT=${PORT:-8765}
 LOG=$(mktemp -t plphp-serve-XXXX.log)
 echo "[quickstart] vllm serve $MODEL --attention-backend plphp (log: $LOG)"

@@ -58,14 +58,14 @@ def token_ids(outputs) -> list[list[int]]:
 
 @pytest.fixture(scope="session")
 def llava_path() -> str:
-    from vllm_plphp.fixtures import build_fixture
+    from plphp_dev.fixtures import build_fixture
 
     return build_fixture("llava", "tiny", progress=False)
 
 
 @pytest.fixture(scope="session")
 def qwen2_vl_path() -> str:
-    from vllm_plphp.fixtures import build_fixture
+    from plphp_dev.fixtures import build_fixture
 
     return build_fixture("qwen2_vl", "tiny", progress=False)
 

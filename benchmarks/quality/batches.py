@@ -1,6 +1,6 @@
 """Training batches for the quality model: a seeded conversation stream and collation.
 
-Needs torch, PIL, numpy and ``vllm_plphp.quality`` (never vLLM).  The repo
+Needs torch, PIL, numpy and ``plphp_dev.quality`` (never vLLM).  The repo
 root is put on ``sys.path`` so the scripts run from a plain checkout.
 """
 
@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from vllm_plphp.quality.model import ModelSpec, pixel_values  # noqa: E402
-from vllm_plphp.quality.conversations import KINDS, Conversation, make_conversation  # noqa: E402
-from vllm_plphp.quality.tasks import Example, prompt_text  # noqa: E402
+from plphp_dev.quality.model import ModelSpec, pixel_values  # noqa: E402
+from plphp_dev.quality.conversations import KINDS, Conversation, make_conversation  # noqa: E402
+from plphp_dev.quality.tasks import Example, prompt_text  # noqa: E402
 
 IGNORE = -100
 _TOKEN_CACHE: dict[tuple[int, str, bool], list[int]] = {}
@@ -123,7 +123,7 @@ def patch_targets(scenes, tokenizer, spec: ModelSpec, min_cover: float = 0.25) -
     Targets of the auxiliary patch loss."""
     import numpy as np
 
-    from vllm_plphp.quality.scenes import GRID, label_map
+    from plphp_dev.quality.scenes import GRID, label_map
 
     def word(w: str) -> int:
         ids = encode(tokenizer, " " + w)

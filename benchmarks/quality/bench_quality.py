@@ -5,7 +5,7 @@
 
 One stock vLLM engine and one `--attention-backend plphp` engine (the
 offline `vllm.LLM` engine, CPU, float32) run the held-out test split of every
-task (`vllm_plphp.quality.tasks`). The PLPHP engine runs every pruning setting
+task (`plphp_dev.quality.tasks`). The PLPHP engine runs every pruning setting
 through per-request overrides (`extra_args={"plphp": {...}}`): PLPHP at the
 paper's three settings, FastV (K, R), VTW (K). Per setting and task it prints
 the score, the average vision-token retention (kept vision tokens per layer
@@ -75,7 +75,7 @@ def sampling(max_tokens: int, override, ignore_eos: bool = False):
 def run_setting(llm, examples, override, num_layers: int) -> dict:
     """Scores per task, mean retention and KV entries per request (vs full)."""
     from vllm_plphp.core.policies import mean_retention
-    from vllm_plphp.quality.tasks import score, vllm_inputs
+    from plphp_dev.quality.tasks import score, vllm_inputs
 
     outs = llm.generate([vllm_inputs(ex) for ex in examples], sampling(24, override),
                         use_tqdm=False)
@@ -101,7 +101,7 @@ def run_setting(llm, examples, override, num_layers: int) -> dict:
 def decode_rate(llm, examples, override, max_tokens: int = 32, repeats: int = 2) -> float:
     """Decode tokens/s: (max_tokens - 1) tokens per prompt over the time a
     max_tokens run takes beyond a 1-token (prefill-only) run."""
-    from vllm_plphp.quality.tasks import vllm_inputs
+    from plphp_dev.quality.tasks import vllm_inputs
 
     prompts = [vllm_inputs(ex) for ex in examples]
     times = {1: float("inf"), max_tokens: float("inf")}
@@ -164,7 +164,7 @@ def main() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     from transformers import AutoConfig
 
-    from vllm_plphp.quality.tasks import MULTI_IMAGE_TASKS, TASKS, chance_score, make_examples
+    from plphp_dev.quality.tasks import MULTI_IMAGE_TASKS, TASKS, chance_score, make_examples
 
     num_layers = AutoConfig.from_pretrained(args.model).text_config.num_hidden_layers
     examples = make_examples("test", args.n_per_task, args.seed)

@@ -19,8 +19,8 @@ from collections import defaultdict
 import torch
 
 from batches import ROOT, prompt_ids  # benchmarks/quality is sys.path[0]; puts ROOT on it
-from vllm_plphp.quality.model import ModelSpec, load_checkpoint, pixel_values
-from vllm_plphp.quality.tasks import TASKS, Example, chance_score, make_examples, prompt_text, score
+from plphp_dev.quality.model import ModelSpec, load_checkpoint, pixel_values
+from plphp_dev.quality.tasks import TASKS, Example, chance_score, make_examples, prompt_text, score
 
 MAX_NEW_TOKENS = 40
 

@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 
 from batches import ROOT  # benchmarks/quality is sys.path[0]; puts ROOT on it
-from vllm_plphp.quality.tasks import TASKS, chance_score, make_examples, score, vllm_inputs
+from plphp_dev.quality.tasks import TASKS, chance_score, make_examples, score, vllm_inputs
 
 
 def vllm_answers(model: str, examples, llm_kwargs: dict) -> tuple[list[str], float]:
@@ -37,7 +37,7 @@ def vllm_answers(model: str, examples, llm_kwargs: dict) -> tuple[list[str], flo
 def hf_answers(model: str, examples) -> list[str]:
     import torch
     from eval_hf import generate
-    from vllm_plphp.quality.model import ModelSpec, load_checkpoint
+    from plphp_dev.quality.model import ModelSpec, load_checkpoint
 
     torch.set_num_threads(2)
     m, processor = load_checkpoint(model)

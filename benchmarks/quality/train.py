@@ -1,10 +1,10 @@
-"""Train the quality model (``vllm_plphp.quality.model``) from scratch.
+"""Train the quality model (``plphp_dev.quality.model``) from scratch.
 
     python benchmarks/quality/train.py [--device cpu|cuda] [--out DIR]
 
 Cross-entropy on the answer tokens only (each answer weighs the same), on
 multi-turn conversations about the same images
-(``vllm_plphp.quality.conversations``: the image tokens dominate the cost,
+(``plphp_dev.quality.conversations``: the image tokens dominate the cost,
 so each sequence carries 1-4 answers), AdamW with linear warm-up and cosine
 decay, batches of one image count drawn from a seeded stream
 (``batches.batch_stream``).  Evaluation uses single-turn ``tasks`` prompts.  The recipe (steps,
@@ -45,9 +45,9 @@ import torch
 
 from batches import ROOT, batch_stream, collate  # benchmarks/quality is sys.path[0]
 from eval_hf import evaluate, format_table
-from vllm_plphp.quality.model import ModelSpec, build_tokenizer, load_checkpoint, new_model, save_checkpoint
-from vllm_plphp.quality.conversations import KINDS
-from vllm_plphp.quality.tasks import TASKS, chance_score
+from plphp_dev.quality.model import ModelSpec, build_tokenizer, load_checkpoint, new_model, save_checkpoint
+from plphp_dev.quality.conversations import KINDS
+from plphp_dev.quality.tasks import TASKS, chance_score
 
 DEFAULTS = dict(steps=550, batch_size=32, lr=1e-3, warmup=100, seed=0, aux_weight=3.0, aux_position=0)
 KIND_WEIGHTS = {"single": 2.0, "caption": 1.5, "differ": 1.0, "spot": 1.0, "compare": 1.0}
@@ -107,8 +107,8 @@ def patch_probe(model, tokenizer, spec: ModelSpec, device: str, n: int = 64) -> 
     import random
 
     from batches import COL_WORDS, ROW_WORDS, encode, patch_targets
-    from vllm_plphp.quality.model import pixel_values
-    from vllm_plphp.quality.scenes import COLOR_NAMES, SHAPES, random_scene, render
+    from plphp_dev.quality.model import pixel_values
+    from plphp_dev.quality.scenes import COLOR_NAMES, SHAPES, random_scene, render
 
     was_training = model.training
     model.eval()

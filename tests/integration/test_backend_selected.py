@@ -4,7 +4,7 @@ in the worker, on the real engine, for 1-image, 2-image and text prompts."""
 import pytest
 
 from tests.conftest import greedy, make_llm, token_ids
-from vllm_plphp.fixtures.prompts import prompt_inputs
+from plphp_dev.fixtures.prompts import prompt_inputs
 
 PROMPTS = [("llava", 1, 0), ("llava", 2, 3), ("llava", 0, 0)]
 

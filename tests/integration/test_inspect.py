@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vllm_plphp.config import PlphpConfig
-from vllm_plphp.fixtures.prompts import get_prompt, make_image
+from plphp_dev.fixtures.prompts import get_prompt, make_image
 
 CLI = str(Path(sys.executable).with_name("vllm-plphp"))
 
@@ -32,7 +32,7 @@ def test_inspect_png_and_numbers_match_reference(tmp_path, llava_path):
     assert km["layer"] == 5 and len(km["keep"]) == 2  # two KV heads
     assert km["keep"][0] != km["keep"][1]  # heads keep different tokens
 
-    from vllm_plphp.reference import ReferenceModel
+    from plphp_dev.reference import ReferenceModel
 
     text, images = get_prompt("llava", 1, seed=4, question=question)
     _, ref = ReferenceModel(llava_path).generate(text, images, 1, PlphpConfig())

@@ -6,7 +6,7 @@ readable); one roomy and one memory-starved PLPHP engine for the module."""
 import pytest
 
 from tests.conftest import greedy, make_inprocess_llm, run_steps, scheduler_of
-from vllm_plphp.fixtures.prompts import prompt_inputs
+from plphp_dev.fixtures.prompts import prompt_inputs
 
 BLOCK = 32
 MIX = [(1, 0), (2, 3), (0, 0), (1, 5), (2, 7), (0, 1), (1, 9), (1, 11)]

@@ -8,7 +8,7 @@ import pytest
 
 from tests.support import gpu_defaults
 from tests.conftest import greedy, make_inprocess_llm, runner_of
-from vllm_plphp.fixtures.prompts import prompt_inputs
+from plphp_dev.fixtures.prompts import prompt_inputs
 from vllm_plphp.worker import backend, runner_v1, runner_v2
 
 

@@ -6,10 +6,11 @@ one PLPHP engine and one HF reference are started for the whole module.
 
 import pytest
 
-from tests.conftest import MAX_TOKENS, greedy, make_llm, token_ids
+from tests.conftest import EAGER, MAX_TOKENS, greedy, make_llm, token_ids
+from tests.support import gpu_defaults
 from vllm_plphp.core import scoring
 from vllm_plphp.config import PlphpConfig
-from vllm_plphp.fixtures.prompts import get_prompt, prompt_inputs
+from plphp_dev.fixtures.prompts import get_prompt, prompt_inputs
 
 # (num_images, seed): 1-image, 2-image and text-only prompts batched together
 CASES = [(1, 0), (2, 3), (0, 0), (1, 5)]
@@ -24,7 +25,7 @@ class Family:
         self.stock = token_ids(self.stock_llm.generate(self.prompts, greedy()))
         self.stock_llm.llm_engine.engine_core.shutdown()
         self.llm = make_llm(path, "plphp")
-        from vllm_plphp.reference import ReferenceModel
+        from plphp_dev.reference import ReferenceModel
 
         self.ref = ReferenceModel(path)
         self._ref_cache = {}
@@ -46,7 +47,7 @@ class Family:
 
 @pytest.fixture(scope="module", params=["llava", "qwen2_vl"])
 def family(request):
-    from vllm_plphp.fixtures import build_fixture
+    from plphp_dev.fixtures import build_fixture
 
     fam = Family(request.param, build_fixture(request.param, "tiny", progress=False))
     yield fam
@@ -71,6 +72,14 @@ def test_default_equals_reference_and_differs_from_stock(family, default_run):
             }
     differ = sum(ours[i] != family.stock[i] for i in IMAGE_CASES)
     assert differ * 2 > len(IMAGE_CASES), "pruning changed too few outputs"
+
+
+def test_runner_is_the_one_vllm_picked(family):
+    """First test pass: V1, synchronous (vLLM on CPU); second: vLLM's GPU defaults."""
+    v2 = gpu_defaults.enabled()
+    assert family.llm.collective_rpc("plphp_runner")[0] == {
+        "runner": "Model Runner V2" if v2 else "Model Runner V1",
+        "async_scheduling": v2, "compiled": not EAGER}
 
 
 def test_r1_equals_stock(family):

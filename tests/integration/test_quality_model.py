@@ -31,7 +31,7 @@ def _params(override, max_tokens=24):
 
 class Runs:
     def __init__(self):
-        from vllm_plphp.quality.tasks import make_examples, vllm_inputs
+        from plphp_dev.quality.tasks import make_examples, vllm_inputs
 
         self.examples = make_examples("test", N_PER_TASK, 0)
         self.inputs = [vllm_inputs(ex) for ex in self.examples]
@@ -47,7 +47,7 @@ class Runs:
         return outs, [records.get(o.request_id, {}) for o in outs]
 
     def score(self, outs) -> float:
-        from vllm_plphp.quality.tasks import score
+        from plphp_dev.quality.tasks import score
 
         pairs = [(ex, o) for ex, o in zip(self.examples, outs) if ex.task in EXACT]
         return sum(score(ex.task, o.outputs[0].text.strip(), ex.answer) for ex, o in pairs) / len(pairs)
@@ -67,7 +67,7 @@ def blind(runs):
 
 
 def test_model_reads_its_images(runs, blind):
-    from vllm_plphp.quality.tasks import chance_score
+    from plphp_dev.quality.tasks import chance_score
 
     stock = runs.score(runs.stock)
     chance = sum(chance_score(t) for t in EXACT) / len(EXACT)
@@ -89,7 +89,7 @@ def test_plphp_default_prunes_and_keeps_most_of_the_score(runs, blind):
 @pytest.mark.parametrize("override", [None, {"policy": "fastv", "k": 2, "fastv_r": 0.75}],
                          ids=["plphp", "fastv"])
 def test_trained_model_equals_reference(runs, override):
-    from vllm_plphp.reference import ReferenceModel
+    from plphp_dev.reference import ReferenceModel
 
     ref = ReferenceModel(str(MODEL))
     picks = [i for i, ex in enumerate(runs.examples) if ex.task in ("differ", "spot", "color")][::4]
@@ -98,7 +98,7 @@ def test_trained_model_equals_reference(runs, override):
     eos = ref.processor.tokenizer.eos_token_id
     for i in picks[:6]:
         ex = runs.examples[i]
-        from vllm_plphp.quality.tasks import prompt_text
+        from plphp_dev.quality.tasks import prompt_text
 
         tokens, _ = ref.generate(prompt_text(ex), ex.images, 24, config)
         ours = list(outs[i].outputs[0].token_ids)

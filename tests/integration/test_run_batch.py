@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import EAGER
-from vllm_plphp.fixtures.prompts import chat_messages
+from plphp_dev.fixtures.prompts import chat_messages
 
 VLLM = str(Path(sys.executable).with_name("vllm"))
 

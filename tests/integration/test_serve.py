@@ -9,7 +9,8 @@ import openai
 import pytest
 
 from tests.server import Server, metric_value
-from vllm_plphp.fixtures.prompts import chat_messages
+from tests.support import gpu_defaults
+from plphp_dev.fixtures.prompts import chat_messages
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +38,29 @@ def test_chat_completion_with_image_data_url(server):
     assert resp.usage.prompt_tokens > 576  # the image's 576 tokens are in the prompt
     assert resp.usage.completion_tokens == 8
     assert "PLPHP attention backend active" in server.logs()
+    runner = "Model Runner V2 (async scheduling True" if gpu_defaults.enabled() else \
+        "Model Runner V1 (async scheduling False"
+    assert f"PLPHP attached to {runner}" in server.logs()
+
+
+def test_served_tokens_equal_the_reference(server, llava_path):
+    """What `vllm serve` returns over HTTP is PLPHP's greedy answer (the
+    chat-rendered prompt is the fixture's raw prompt, token for token)."""
+    from vllm_plphp.config import PlphpConfig
+    from plphp_dev.fixtures.prompts import get_prompt
+    from plphp_dev.reference import ReferenceModel
+
+    resp = chat(server, 1, seed=4, max_tokens=10,
+                extra_body={"return_token_ids": True, "ignore_eos": True})
+    choice = resp.choices[0]
+    served = getattr(choice, "token_ids", None) or choice.model_extra["token_ids"]
+    text, images = get_prompt("llava", 1, 4)
+    expected, _ = ReferenceModel(llava_path).generate(text, images, 10, PlphpConfig())
+    assert served == expected
 
 
 def test_local_file_image_equals_data_url(server, media_dir):
-    from vllm_plphp.fixtures.prompts import make_image
+    from plphp_dev.fixtures.prompts import make_image
 
     path = media_dir / "img.png"
     make_image(2, (336, 336)).save(path)

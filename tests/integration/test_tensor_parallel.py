@@ -11,7 +11,7 @@ import os
 import pytest
 
 from tests.conftest import greedy, make_llm, token_ids
-from vllm_plphp.fixtures.prompts import prompt_inputs
+from plphp_dev.fixtures.prompts import prompt_inputs
 
 pytestmark = pytest.mark.slow
 CASES = [(1, 0), (2, 3), (0, 0)]

@@ -4,8 +4,8 @@ consistent with the scenes, scoring rules (no model, no engine)."""
 import numpy as np
 import pytest
 
-from vllm_plphp.quality import tasks
-from vllm_plphp.quality.metrics import exact_match, rouge_l
+from plphp_dev.quality import tasks
+from plphp_dev.quality.metrics import exact_match, rouge_l
 
 
 def _pixels(example):

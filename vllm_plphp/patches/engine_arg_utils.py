@@ -15,6 +15,7 @@ offered one to attention backends.
 
 from vllm.engine.arg_utils import EngineArgs
 
+from vllm_plphp.log import logger
 from vllm_plphp.patches import original, patch, plphp_selected
 from vllm_plphp.frontend.validate import refuse_prefix_caching, validate_engine_config
 
@@ -32,6 +33,9 @@ def _create_engine_config(self, *args, **kwargs):
     if _selected(self):
         if self.enable_prefix_caching:
             refuse_prefix_caching()
+        if self.enable_prefix_caching is None:
+            logger.info("PLPHP: prefix caching (on by default in vLLM) is turned off: "
+                        "pruning compacts blocks that other requests could share")
         self.enable_prefix_caching = False
     vllm_config = original(EngineArgs, "create_engine_config")(self, *args, **kwargs)
     if plphp_selected(vllm_config):

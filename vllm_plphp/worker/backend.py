@@ -136,3 +136,10 @@ def attach_layers(worker, vllm_config) -> None:
             "--attention-backend plphp: these attention layers do not run the PLPHP "
             f"implementation, so they could not be pruned: {others[:4]}"
         )
+
+
+def log_attached(adapter, vllm_config) -> None:
+    logger.info(
+        "PLPHP attached to %s (async scheduling %s, cudagraph mode %s, compiled %s)",
+        adapter.name, bool(vllm_config.scheduler_config.async_scheduling),
+        vllm_config.compilation_config.cudagraph_mode, not vllm_config.model_config.enforce_eager)

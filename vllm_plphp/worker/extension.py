@@ -84,3 +84,11 @@ class PlphpWorkerExtension:
                         for name in group.layer_names:
                             out[name] = buf.data_ptr()
         return out
+
+    def plphp_runner(self) -> dict:
+        """Which runner adapter this worker uses, and whether scheduling is async."""
+        adapter = self._plphp.adapter
+        config = self.model_runner.vllm_config
+        return {"runner": adapter.name if adapter is not None else None,
+                "async_scheduling": bool(config.scheduler_config.async_scheduling),
+                "compiled": not config.model_config.enforce_eager}

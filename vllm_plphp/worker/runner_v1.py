@@ -19,7 +19,7 @@ from vllm_plphp.core.blocks import kept_blocks
 from vllm_plphp.core.plan import plan_step
 from vllm_plphp.core.worker import PlphpWorker, worker_for
 from vllm_plphp.patches import plphp_selected
-from vllm_plphp.worker.backend import attach_layers
+from vllm_plphp.worker.backend import attach_layers, log_attached
 from vllm_plphp.worker.v1_block_table import PlphpBlockTable
 
 
@@ -108,5 +108,6 @@ def adapter_of(runner) -> V1Adapter | None:
             worker.set_groups(runner.kv_cache_config)
             attach_layers(worker, runner.vllm_config)
             adapter = worker.adapter = V1Adapter(runner, worker)
+            log_attached(worker.adapter, runner.vllm_config)
         runner._plphp = adapter
     return adapter or None

@@ -87,7 +87,7 @@ def test_mean_retention_counts_unpruned_layers_as_full():
 
 @pytest.fixture(scope="module")
 def reference(llava_path):
-    from vllm_plphp.reference import ReferenceModel
+    from plphp_dev.reference import ReferenceModel
 
     return ReferenceModel(llava_path)
 
@@ -100,7 +100,7 @@ def _hf_last_rows(ref, text, images):
         with torch.no_grad():
             out = ref.model(**inputs, output_attentions=True)
     finally:
-        from vllm_plphp.reference import IMPL_NAME
+        from plphp_dev.reference import IMPL_NAME
 
         ref.model.config.get_text_config()._attn_implementation = IMPL_NAME
     return [a[0, :, -1].float() for a in out.attentions], ref._image_positions(inputs)
@@ -108,7 +108,7 @@ def _hf_last_rows(ref, text, images):
 
 @pytest.mark.parametrize("k,fastv_r", [(2, 0.75), (3, 0.5)])
 def test_reference_fastv_masks_follow_hf_attention(reference, k, fastv_r):
-    from vllm_plphp.fixtures.prompts import get_prompt
+    from plphp_dev.fixtures.prompts import get_prompt
 
     text, images = get_prompt("llava", 2, 3)
     rows, image_pos = _hf_last_rows(reference, text, images)
@@ -129,7 +129,7 @@ def test_reference_fastv_masks_follow_hf_attention(reference, k, fastv_r):
 
 
 def test_reference_vtw_masks_every_vision_key(reference):
-    from vllm_plphp.fixtures.prompts import get_prompt
+    from plphp_dev.fixtures.prompts import get_prompt
 
     text, images = get_prompt("llava", 1, 0)
     config = PlphpConfig(policy="vtw", k=4)

@@ -1,8 +1,8 @@
 """Quality benchmark tasks and the small LLaVA-style model trained on them.
 
-``vllm_plphp.quality.tasks`` (re-exported here) generates seeded synthetic
+``plphp_dev.quality.tasks`` (re-exported here) generates seeded synthetic
 vision tasks with exact answers and scores predictions; it needs only PIL.
-``vllm_plphp.quality.model`` builds the model config, tokenizer and
+``plphp_dev.quality.model`` builds the model config, tokenizer and
 processor (needs torch and transformers, never vLLM).  Training and
 evaluation scripts live in ``benchmarks/quality/``.
 """
