@@ -16,3 +16,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/gpu_defaults/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def eager_engines():
+    """Engines of the using module run eager: what it checks does not depend on
+    torch.compile (test_plphp_matches_reference covers that), and each compiled
+    engine start costs minutes of CI on CPU."""
+    import tests.conftest
+
+    saved, tests.conftest.EAGER = tests.conftest.EAGER, True
+    yield
+    tests.conftest.EAGER = saved

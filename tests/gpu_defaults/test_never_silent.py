@@ -1,16 +1,8 @@
 """tests/integration/test_never_silent.py under vLLM's GPU defaults: Model Runner V2
-and async scheduling (see tests/gpu_defaults/conftest.py). Eager: what these
-tests check does not depend on torch.compile, which test_plphp_matches_reference
-covers, and each compiled engine start costs minutes of CI on CPU."""
+and async scheduling (see conftest.py), eager engines."""
 
 import pytest
 
-import tests.conftest
 from tests.integration.test_never_silent import *  # noqa: F401,F403
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _eager():
-    saved, tests.conftest.EAGER = tests.conftest.EAGER, True
-    yield
-    tests.conftest.EAGER = saved
+pytestmark = pytest.mark.usefixtures("eager_engines")

@@ -23,16 +23,17 @@ from plphp_dev.fixtures.prompts import get_prompt, prompt_inputs
 def _v1_runner():
     import vllm.envs
 
-    saved = os.environ.get("VLLM_USE_V2_MODEL_RUNNER"), tests.conftest.EAGER
+    saved = os.environ.get("VLLM_USE_V2_MODEL_RUNNER")
     os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
-    tests.conftest.EAGER = True
     vllm.envs.disable_envs_cache()
     yield
-    if saved[0] is None:
+    if saved is None:
         os.environ.pop("VLLM_USE_V2_MODEL_RUNNER", None)
     else:
-        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = saved[0]
-    tests.conftest.EAGER = saved[1]
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = saved
+
+
+pytestmark = pytest.mark.usefixtures("eager_engines")
 
 
 def test_v1_async_equals_reference(llava_path):

@@ -19,12 +19,10 @@ Remove when: vLLM passes request metadata to attention backends per step and
 has a worker-to-scheduler channel for KV cache managers.
 """
 
-import functools
-
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_plphp.patches import original, patch
-from vllm_plphp.worker.outputs import attach_outbox
+from vllm_plphp.worker.outputs import step_hooks
 from vllm_plphp.worker.runner_v1 import adapter_of
 
 
@@ -43,22 +41,8 @@ def _prepare_inputs(self, scheduler_output, num_scheduled_tokens, *args, **kwarg
         self, scheduler_output, num_scheduled_tokens, *args, **kwargs)
 
 
-def _execute_model(self, *args, **kwargs):
-    run = functools.partial(original(GPUModelRunner, "execute_model"), self, *args, **kwargs)
-    adapter = adapter_of(self)
-    if adapter is None:
-        return run()
-    return attach_outbox(adapter.worker, adapter.worker.run_step(run))
-
-
-def _sample_tokens(self, *args, **kwargs):
-    output = original(GPUModelRunner, "sample_tokens")(self, *args, **kwargs)
-    adapter = adapter_of(self)
-    return output if adapter is None else attach_outbox(adapter.worker, output)
-
-
 def apply() -> None:
     patch(GPUModelRunner, "_update_states", _update_states)
     patch(GPUModelRunner, "_prepare_inputs", _prepare_inputs)
-    patch(GPUModelRunner, "execute_model", _execute_model)
-    patch(GPUModelRunner, "sample_tokens", _sample_tokens)
+    for name, hook in step_hooks(GPUModelRunner, adapter_of).items():
+        patch(GPUModelRunner, name, hook)

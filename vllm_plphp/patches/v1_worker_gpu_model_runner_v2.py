@@ -20,12 +20,10 @@ torch.compile; on CPU through Triton's interpreter, tests/support/gpu_defaults.p
 Remove when: vLLM gives attention backends per-request, per-group lengths.
 """
 
-import functools
-
 from vllm.v1.worker.gpu.model_runner import GPUModelRunner
 
 from vllm_plphp.patches import original, patch
-from vllm_plphp.worker.outputs import attach_outbox
+from vllm_plphp.worker.outputs import step_hooks
 from vllm_plphp.worker.runner_v2 import adapter_of, attach
 
 
@@ -74,20 +72,6 @@ def _prepare_attn(self, input_batch):
     return block_tables, slot_mappings
 
 
-def _execute_model(self, *args, **kwargs):
-    run = functools.partial(original(GPUModelRunner, "execute_model"), self, *args, **kwargs)
-    adapter = adapter_of(self)
-    if adapter is None:
-        return run()
-    return attach_outbox(adapter.worker, adapter.worker.run_step(run))
-
-
-def _sample_tokens(self, *args, **kwargs):
-    output = original(GPUModelRunner, "sample_tokens")(self, *args, **kwargs)
-    adapter = adapter_of(self)
-    return output if adapter is None else attach_outbox(adapter.worker, output)
-
-
 def apply() -> None:
     patch(GPUModelRunner, "initialize_kv_cache", _initialize_kv_cache)
     patch(GPUModelRunner, "add_requests", _add_requests)
@@ -95,5 +79,5 @@ def apply() -> None:
     patch(GPUModelRunner, "_remove_request", _remove_request)
     patch(GPUModelRunner, "gather_batch_req_state", _gather_batch_req_state)
     patch(GPUModelRunner, "prepare_attn", _prepare_attn)
-    patch(GPUModelRunner, "execute_model", _execute_model)
-    patch(GPUModelRunner, "sample_tokens", _sample_tokens)
+    for name, hook in step_hooks(GPUModelRunner, adapter_of).items():
+        patch(GPUModelRunner, name, hook)

@@ -5,6 +5,7 @@ one attribute, read by `vllm_plphp.engine.commit`."""
 from __future__ import annotations
 
 import copy
+import functools
 
 from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, ModelRunnerOutput
 
@@ -37,3 +38,24 @@ def attach_outbox(worker, output):
 
 def read(output) -> dict | None:
     return getattr(output, OUTPUT_ATTR, None)
+
+
+def step_hooks(runner_cls, adapter_of) -> dict:
+    """Wrappers of a model runner's `execute_model` (the worker runs and closes
+    the step; its events ride on the output) and `sample_tokens` (pending
+    events ride on its output). Runs without PLPHP call the originals alone."""
+    from vllm_plphp.patches import original
+
+    def execute_model(self, *args, **kwargs):
+        run = functools.partial(original(runner_cls, "execute_model"), self, *args, **kwargs)
+        adapter = adapter_of(self)
+        if adapter is None:
+            return run()
+        return attach_outbox(adapter.worker, adapter.worker.run_step(run))
+
+    def sample_tokens(self, *args, **kwargs):
+        output = original(runner_cls, "sample_tokens")(self, *args, **kwargs)
+        adapter = adapter_of(self)
+        return output if adapter is None else attach_outbox(adapter.worker, output)
+
+    return {"execute_model": execute_model, "sample_tokens": sample_tokens}
