@@ -46,7 +46,8 @@ import torch
 from bench_common import build_qwen2, device_info, prompt_layout, save_json, sync
 from vllm_plphp.core import scoring
 from vllm_plphp.config import PlphpConfig
-from vllm_plphp.gpu import paged_decode_attention, score_and_select
+from benchmarks.gpu.decode_attention import paged_decode_attention  # noqa: E402
+from vllm_plphp.gpu import score_and_select
 
 
 def rope():
@@ -167,7 +168,7 @@ class StaticDecoder:
             self.kb.append(kb)
             self.vb.append(vb)
             if dev.type == "cuda":
-                from vllm_plphp.gpu.triton_ops import decode_splits
+                from benchmarks.gpu.decode_attention import decode_splits
 
                 sms = torch.cuda.get_device_properties(dev).multi_processor_count
                 self.splits.append(decode_splits(B, self.Hkv, cap, sms))

@@ -41,8 +41,9 @@ from bench_common import (
     build_qwen2, device_info, device_ms, peak_copy_bandwidth_gbs, prompt_layout, save_json, wall_ms,
 )
 from vllm_plphp.config import PlphpConfig
+from benchmarks.gpu.decode_attention import paged_decode_attention  # noqa: E402
 from vllm_plphp.gpu import (
-    compact_batched_, last_token_scores_batched, layer_rates, make_plan, paged_decode_attention,
+    compact_batched_, last_token_scores_batched, layer_rates, make_plan,
     prune_layer_batched_, score_and_select_batched, select_kept_device,
 )
 
@@ -165,7 +166,7 @@ def bench_decode(args, device, dtype, peak):
             for name, n in lens.items():
                 seq = torch.full((batch,), n, dtype=torch.int32, device=device)
                 if device == "cuda":
-                    from vllm_plphp.gpu.triton_ops import decode_splits
+                    from benchmarks.gpu.decode_attention import decode_splits
 
                     sms = torch.cuda.get_device_properties(0).multi_processor_count
                     splits[name] = decode_splits(batch, HKV, n, sms)

@@ -19,13 +19,13 @@ import torch
 
 from vllm_plphp.core import compaction, scoring
 from vllm_plphp.config import PlphpConfig
+from benchmarks.gpu.decode_attention import paged_decode_attention  # noqa: E402
 from vllm_plphp.gpu import (
     compact_,
     compact_batched_,
     kept_counts_device,
     last_token_scores_batched,
     make_plan,
-    paged_decode_attention,
     prune_layer_batched_,
     score_and_select,
     select_kept_batched,

@@ -6,7 +6,7 @@ Triton kernels (`vllm_plphp.gpu.triton_ops`, imported lazily) for
       per-KV-head (mean/max) reduction; top-K per image is one batched torch
       `topk` (`vllm_plphp.gpu.select`);
   (b) in-place per-head compaction of paged K/V, overlap-safe;
-plus a paged split-K decode-attention kernel used by the benchmarks.
+(the benchmarks' paged decode-attention kernel: benchmarks/gpu/decode_attention.py).
 
 The dispatchers in `vllm_plphp.gpu.ops` use Triton for CUDA tensors and fall
 back to the torch oracle (`vllm_plphp.core.scoring`, `vllm_plphp.core.compaction`)
@@ -21,7 +21,6 @@ from vllm_plphp.gpu.ops import (
     compact_batched_,
     last_token_scores_batched,
     layer_rates,
-    paged_decode_attention,
     prune_layer_batched_,
     score_and_select,
     score_and_select_batched,
@@ -47,7 +46,6 @@ __all__ = [
     "last_token_scores_batched",
     "layer_rates",
     "make_plan",
-    "paged_decode_attention",
     "prune_layer_batched_",
     "score_and_select",
     "score_and_select_batched",
