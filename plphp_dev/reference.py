@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vllm_plphp.config import PlphpConfig
-from vllm_plphp.core.policies import LayerScores, get_policy
+from vllm_plphp.core.policies import LayerScores, make_policy
 
 IMPL_NAME = "plphp_reference"
 
@@ -31,7 +31,7 @@ class _Run:
     images: list[torch.Tensor] = field(default_factory=list)  # vision positions
     prompt_len: int = 0
     masks: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (Hkv, P) keep
-    memo: dict = field(default_factory=dict)  # the policy's notes between layers
+    policy: object = None  # the request's policy (holds its notes between layers)
     records: dict[int, dict] = field(default_factory=dict)
 
 
@@ -73,16 +73,18 @@ def _attention(module, query, key, value, attention_mask, scaling, dropout=0.0, 
 
 def _decide(run: _Run, layer: int, logits: torch.Tensor, num_kv_heads: int) -> None:
     """logits: (H, P) pre-softmax row of the last prompt token in `layer`."""
-    config, policy = run.config, get_policy(run.config.policy)
+    if run.policy is None:
+        run.policy = make_policy(run.config)
+    policy = run.policy
     scores = None
-    if policy.scores_layer(config, layer, run.num_layers):
+    if policy.scores_layer(layer, run.num_layers):
         probs = torch.softmax(logits, dim=-1)  # (H, P)
         vision = torch.cat(run.images)
         scores = LayerScores(probs, probs[:, vision].mean(0), num_kv_heads)
-        policy.observe(config, run.memo, run.images, scores)
-    if not policy.prunes_layer(config, layer, run.num_layers):
+        policy.observe(run.images, scores)
+    if not policy.prunes_layer(layer, run.num_layers):
         return
-    choice = policy.choose(config, run.memo, run.images, run.prompt_len, num_kv_heads)
+    choice = policy.choose(run.images, run.prompt_len, num_kv_heads)
     keep = torch.zeros(num_kv_heads, run.prompt_len, dtype=torch.bool)
     keep.scatter_(1, choice.keep, True)
     run.masks[layer] = keep

@@ -62,10 +62,12 @@ class PlphpConfig:
                 f"plphp.gqa_reduce={self.gqa_reduce!r} is not allowed "
                 "(allowed: 'mean', 'max')"
             )
-        if self.policy not in ("plphp", "fastv", "vtw"):
+        from vllm_plphp.core.policies import POLICIES
+
+        if self.policy not in POLICIES:
             raise PlphpConfigError(
                 f"plphp.policy={self.policy!r} is not allowed "
-                "(allowed: 'plphp', 'fastv', 'vtw')"
+                f"(allowed: {', '.join(map(repr, POLICIES))})"
             )
         _check_range("fastv_r", self.fastv_r, 0.0, 1.0)
         if self.policy == "fastv" and isinstance(self.k, int) and self.k < 1:

@@ -9,14 +9,14 @@ Runner-agnostic: the adapters pass plain arrays in batch-row order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from vllm_plphp.config import PlphpConfig
-from vllm_plphp.core.policies import get_policy
+from vllm_plphp.core.policies import make_policy
 from vllm_plphp.log import logger
 from vllm_plphp.request_config import config_for_request
 
@@ -43,8 +43,12 @@ class PruneTarget:
     total_len: int  # T: tokens in the cache once this step is done (T >= P)
     images: list[torch.Tensor]  # per vision item, its vision positions (is_embed only)
     config: PlphpConfig
-    # what the request's policy carries from one layer to a later one this step
-    memo: dict = field(default_factory=dict)
+    # the request's policy for this prefill (vllm_plphp.core.policies)
+    policy: object = None
+
+    def __post_init__(self) -> None:
+        if self.policy is None:
+            self.policy = make_policy(self.config)
 
     @property
     def num_vision(self) -> int:
@@ -52,8 +56,7 @@ class PruneTarget:
 
     def expects_pruning(self, num_layers: int) -> bool:
         """Whether the request's policy prunes at least one of the model's layers."""
-        policy = get_policy(self.config.policy)
-        return any(policy.prunes_layer(self.config, l, num_layers) for l in range(num_layers))
+        return any(self.policy.prunes_layer(l, num_layers) for l in range(num_layers))
 
 
 def vision_positions(mm_features) -> list[torch.Tensor]:

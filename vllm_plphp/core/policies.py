@@ -17,6 +17,11 @@ compaction, block freeing); only the choice of kept positions differs.
 As everywhere in this plugin, the prefill is computed in full; pruning changes
 what the decode steps read (the KV-cache form of each method).
 
+One policy object per request and prefill (`make_policy`): it holds its own
+settings and what it carries from one layer to a later one, and answers
+`scores_layer` / `prunes_layer`, then `observe(images, scores)` on scoring
+layers and `choose(images, total_len, num_kv_heads)` on pruned ones.
+
 Shapes: H query heads (all ranks), Hkv KV heads (this rank), P prompt length,
 T entries in the layer's cache (T >= P), S = sum_j S_j vision tokens.
 """
@@ -29,9 +34,6 @@ from dataclasses import dataclass
 import torch
 
 from vllm_plphp.core import scoring
-
-POLICIES = ("plphp", "fastv", "vtw")
-
 
 @dataclass
 class LayerScores:
@@ -69,81 +71,115 @@ def _keep_all_but(dropped: torch.Tensor, total_len: int, num_kv_heads: int,
 
 
 class PlphpPolicy:
+    """PLPHP: every pruned layer scores itself, picks r_l from gamma_l and
+    lets each KV head keep its own top K_j = floor(r_l * S_j) (>= 1) per image.
+
+    Settings: r, delta_r, alpha, beta (the layer rule, `PlphpConfig.layer_rate`),
+    gqa_reduce, skip_first / skip_last (layers kept whole).
+    Between `observe` and `choose` of a layer it holds that layer's
+    `LayerScores` (probs: (H_rank, P)).
+    """
+
     name = "plphp"
 
-    def scores_layer(self, config, layer: int, num_layers: int) -> bool:
-        return config.is_pruned_layer(layer, num_layers)
+    def __init__(self, config) -> None:
+        self.config = config  # the rule's settings: r, delta_r, alpha, beta, gqa_reduce
+        self.skip_first, self.skip_last = config.skip_first, config.skip_last
+        self._scores: LayerScores | None = None
 
-    def prunes_layer(self, config, layer: int, num_layers: int) -> bool:
-        return config.is_pruned_layer(layer, num_layers)
+    def scores_layer(self, layer: int, num_layers: int) -> bool:
+        return self.prunes_layer(layer, num_layers)
 
-    def last_layer(self, config, num_layers: int) -> int:
-        return num_layers - config.skip_last - 1
+    def prunes_layer(self, layer: int, num_layers: int) -> bool:
+        return self.skip_first <= layer < num_layers - self.skip_last
 
-    def observe(self, config, memo: dict, images, scores: LayerScores) -> None:
-        memo["scores"] = scores
+    def last_layer(self, num_layers: int) -> int:
+        return num_layers - self.skip_last - 1
 
-    def choose(self, config, memo: dict, images, total_len: int, num_kv_heads: int) -> Choice:
-        scores: LayerScores = memo.pop("scores")
-        rate = config.layer_rate(scores.gamma)
-        head_scores = scoring.kv_head_scores(scores.probs, num_kv_heads, config.gqa_reduce)
+    def observe(self, images, scores: LayerScores) -> None:
+        self._scores = scores
+
+    def choose(self, images, total_len: int, num_kv_heads: int) -> Choice:
+        scores, self._scores = self._scores, None
+        rate = self.config.layer_rate(scores.gamma)
+        head_scores = scoring.kv_head_scores(scores.probs, num_kv_heads, self.config.gqa_reduce)
         return Choice(scoring.select_kept(head_scores, images, rate, total_len), rate)
 
 
 class FastVPolicy:
+    """FastV: layer K-1's last-token attention, averaged over all heads, ranks
+    all vision tokens together; every head of every layer >= K keeps the top
+    (1 - R) of them (the same entries: computed once, held here).
+
+    Settings: k (K), fastv_r (R).
+    """
+
     name = "fastv"
 
-    def scores_layer(self, config, layer: int, num_layers: int) -> bool:
-        return layer == config.k - 1
+    def __init__(self, config) -> None:
+        self.k, self.fastv_r = config.k, config.fastv_r
+        self._dropped: torch.Tensor | None = None  # (S * R,) dropped vision positions
+        self._rate = 1.0
+        self._keep: torch.Tensor | None = None  # (Hkv, L), once chosen
 
-    def prunes_layer(self, config, layer: int, num_layers: int) -> bool:
-        return layer >= config.k
+    def scores_layer(self, layer: int, num_layers: int) -> bool:
+        return layer == self.k - 1
 
-    def last_layer(self, config, num_layers: int) -> int:
+    def prunes_layer(self, layer: int, num_layers: int) -> bool:
+        return layer >= self.k
+
+    def last_layer(self, num_layers: int) -> int:
         return num_layers - 1
 
-    def observe(self, config, memo: dict, images, scores: LayerScores) -> None:
+    def observe(self, images, scores: LayerScores) -> None:
         """Rank all vision tokens of all images together; drop the lowest R."""
         vision = torch.cat(list(images)).to(scores.vision_attn.device)
-        keep_n = math.floor((1.0 - config.fastv_r) * vision.numel() + 1e-6)
+        keep_n = math.floor((1.0 - self.fastv_r) * vision.numel() + 1e-6)
         order = torch.argsort(scores.vision_attn, descending=True, stable=True)
-        memo["dropped"] = vision[order[keep_n:]]
-        memo["rate"] = keep_n / max(1, vision.numel())
+        self._dropped = vision[order[keep_n:]]
+        self._rate = keep_n / max(1, vision.numel())
 
-    def choose(self, config, memo: dict, images, total_len: int, num_kv_heads: int) -> Choice:
-        if "keep" not in memo:  # every layer >= K keeps the same entries
-            memo["keep"] = _keep_all_but(memo["dropped"], total_len, num_kv_heads,
-                                         images[0].device)
-        return Choice(memo["keep"], memo["rate"])
+    def choose(self, images, total_len: int, num_kv_heads: int) -> Choice:
+        if self._keep is None:  # every layer >= K keeps the same entries
+            self._keep = _keep_all_but(self._dropped, total_len, num_kv_heads, images[0].device)
+        return Choice(self._keep, self._rate)
 
 
 class VtwPolicy:
+    """VTW: layers >= K drop every vision token. Settings: k (K)."""
+
     name = "vtw"
 
-    def scores_layer(self, config, layer: int, num_layers: int) -> bool:
+    def __init__(self, config) -> None:
+        self.k = config.k
+        self._keep: torch.Tensor | None = None  # (Hkv, T - S), once chosen
+
+    def scores_layer(self, layer: int, num_layers: int) -> bool:
         return False
 
-    def prunes_layer(self, config, layer: int, num_layers: int) -> bool:
-        return layer >= config.k
+    def prunes_layer(self, layer: int, num_layers: int) -> bool:
+        return layer >= self.k
 
-    def last_layer(self, config, num_layers: int) -> int:
+    def last_layer(self, num_layers: int) -> int:
         return num_layers - 1
 
-    def observe(self, config, memo: dict, images, scores: LayerScores) -> None:
+    def observe(self, images, scores: LayerScores) -> None:
         raise AssertionError("VTW does not score")
 
-    def choose(self, config, memo: dict, images, total_len: int, num_kv_heads: int) -> Choice:
-        if "keep" not in memo:  # every layer >= K keeps the same entries
+    def choose(self, images, total_len: int, num_kv_heads: int) -> Choice:
+        if self._keep is None:  # every layer >= K keeps the same entries
             vision = torch.cat(list(images))
-            memo["keep"] = _keep_all_but(vision, total_len, num_kv_heads, vision.device)
-        return Choice(memo["keep"], 0.0)
+            self._keep = _keep_all_but(vision, total_len, num_kv_heads, vision.device)
+        return Choice(self._keep, 0.0)
 
 
-_POLICIES = {p.name: p for p in (PlphpPolicy(), FastVPolicy(), VtwPolicy())}
+POLICIES = {cls.name: cls for cls in (PlphpPolicy, FastVPolicy, VtwPolicy)}
 
 
-def get_policy(name: str):
-    return _POLICIES[name]
+def make_policy(config):
+    """A fresh policy for one request's prefill: its settings from `config`
+    (a PlphpConfig), and room for what it carries from layer to layer."""
+    return POLICIES[config.policy](config)
 
 
 def mean_retention(layer_vision_kept: dict[int, float], num_layers: int) -> float:

@@ -27,7 +27,7 @@ import torch
 from vllm.platforms import current_platform
 
 from vllm_plphp.core import compaction, kv_layout, scoring
-from vllm_plphp.core.policies import LayerScores, get_policy
+from vllm_plphp.core.policies import LayerScores
 from vllm_plphp.core.worker import LayerRecord, PlphpWorker
 from vllm_plphp.log import logger
 
@@ -138,9 +138,9 @@ def _roles(worker: PlphpWorker, layer_idx: int) -> list:
     n = worker.num_layers
     roles = []
     for target in worker.step.targets:
-        policy = get_policy(target.config.policy)
-        score = policy.scores_layer(target.config, layer_idx, n)
-        prune = policy.prunes_layer(target.config, layer_idx, n)
+        policy = target.policy
+        score = policy.scores_layer(layer_idx, n)
+        prune = policy.prunes_layer(layer_idx, n)
         if score or prune:
             roles.append((target, policy, score, prune))
     return roles
@@ -178,16 +178,16 @@ def _prune(worker: PlphpWorker, roles, impl, layer, query, kv_cache) -> None:
         images = [p.to(k_cache.device) for p in target.images]
         scores = layer_scores.get(target.row)
         if score:
-            policy.observe(target.config, target.memo, images, scores)
+            policy.observe(images, scores)
         if not prune:
             continue
-        choice = policy.choose(target.config, target.memo, images, target.total_len, num_kv_heads)
+        choice = policy.choose(images, target.total_len, num_kv_heads)
         compaction.compact_(k_cache, v_cache, blocks[target.row], choice.keep)
         kept = choice.keep.shape[1]
         _commit(worker, gid, target, kept)
         _record(worker, target, layer_idx, kept, choice.rate,
                 scores.gamma if scores is not None else float("nan"), choice.keep)
-        if layer_idx == policy.last_layer(target.config, worker.num_layers):
+        if layer_idx == policy.last_layer(worker.num_layers):
             _log_request(worker, target)
 
 

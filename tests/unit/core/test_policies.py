@@ -9,7 +9,7 @@ import torch
 
 from vllm_plphp.core import scoring
 from vllm_plphp.config import PlphpConfig, PlphpConfigError, from_dict
-from vllm_plphp.core.policies import LayerScores, get_policy, mean_retention
+from vllm_plphp.core.policies import LayerScores, make_policy, mean_retention
 
 # prompt of 14 tokens: text 0-1, image A at 2-6, text 7, image B at 8-12, text 13
 IMAGES = [torch.arange(2, 7), torch.arange(8, 13)]
@@ -24,14 +24,14 @@ def _scores(vision_attn, probs=None):
 
 def test_fastv_ranks_all_images_together_and_heads_share_the_choice():
     config = PlphpConfig(policy="fastv", k=3, fastv_r=0.5)
-    fastv, memo = get_policy("fastv"), {}
-    assert [fastv.scores_layer(config, l, 8) for l in range(8)] == [l == 2 for l in range(8)]
-    assert [fastv.prunes_layer(config, l, 8) for l in range(8)] == [l >= 3 for l in range(8)]
+    fastv = make_policy(config)
+    assert [fastv.scores_layer(l, 8) for l in range(8)] == [l == 2 for l in range(8)]
+    assert [fastv.prunes_layer(l, 8) for l in range(8)] == [l >= 3 for l in range(8)]
     # image A far more attended than image B: B loses all but none of A
     attn = [0.9, 0.8, 0.7, 0.6, 0.5, 0.01, 0.02, 0.03, 0.04, 0.05]
-    fastv.observe(config, memo, IMAGES, _scores(attn))
+    fastv.observe(IMAGES, _scores(attn))
     total = P + 3  # three decoded tokens already in the cache
-    choice = fastv.choose(config, memo, IMAGES, total, HKV)
+    choice = fastv.choose(IMAGES, total, HKV)
     kept_vision = math.floor(0.5 * 10)
     assert choice.rate == kept_vision / 10
     expected = [0, 1, 2, 3, 4, 5, 6, 7, 13, 14, 15, 16]
@@ -40,31 +40,31 @@ def test_fastv_ranks_all_images_together_and_heads_share_the_choice():
 
 def test_fastv_keeps_nothing_at_r1_and_needs_a_scoring_layer():
     config = PlphpConfig(policy="fastv", k=1, fastv_r=1.0)
-    fastv, memo = get_policy("fastv"), {}
-    fastv.observe(config, memo, IMAGES, _scores([0.1] * 10))
-    assert fastv.choose(config, memo, IMAGES, P, HKV).keep.shape == (HKV, P - 10)
+    fastv = make_policy(config)
+    fastv.observe(IMAGES, _scores([0.1] * 10))
+    assert fastv.choose(IMAGES, P, HKV).keep.shape == (HKV, P - 10)
     with pytest.raises(PlphpConfigError, match="plphp.k=0"):
         PlphpConfig(policy="fastv", k=0)
 
 
 def test_vtw_drops_every_vision_token_from_layer_k():
     config = PlphpConfig(policy="vtw", k=5)
-    vtw = get_policy("vtw")
-    assert not any(vtw.scores_layer(config, l, 8) for l in range(8))
-    assert [vtw.prunes_layer(config, l, 8) for l in range(8)] == [l >= 5 for l in range(8)]
-    choice = vtw.choose(config, {}, IMAGES, P + 2, HKV)
+    vtw = make_policy(config)
+    assert not any(vtw.scores_layer(l, 8) for l in range(8))
+    assert [vtw.prunes_layer(l, 8) for l in range(8)] == [l >= 5 for l in range(8)]
+    choice = vtw.choose(IMAGES, P + 2, HKV)
     assert choice.rate == 0.0
     assert choice.keep.tolist() == [[0, 1, 7, 13, 14, 15]] * HKV
 
 
 def test_plphp_policy_is_the_per_head_per_image_rule():
     config = PlphpConfig()
-    plphp, memo = get_policy("plphp"), {}
+    plphp = make_policy(config)
     probs = torch.softmax(torch.randn(H, P, generator=torch.Generator().manual_seed(1)), -1)
     vision = torch.cat(IMAGES)
     scores = LayerScores(probs, probs[:, vision].mean(0), HKV)
-    plphp.observe(config, memo, IMAGES, scores)
-    choice = plphp.choose(config, memo, IMAGES, P, HKV)
+    plphp.observe(IMAGES, scores)
+    choice = plphp.choose(IMAGES, P, HKV)
     rate = config.layer_rate(scores.gamma)
     assert choice.rate == rate
     expected = scoring.select_kept(scoring.kv_head_scores(probs, HKV), IMAGES, rate, P)
