@@ -8,7 +8,9 @@ setup(
     description="PLPHP per-layer per-head vision token pruning for vLLM (v1 engine)",
     python_requires=">=3.10",
     packages=find_packages(include=["vllm_plphp", "vllm_plphp.*", "plphp_dev", "plphp_dev.*"]),
-    package_data={"vllm_plphp.configs": ["*.json"]},
+    package_data={"vllm_plphp.configs": ["*.json"], "vllm_plphp.patches": ["README.md"],
+                  # the trained quality model the quick start serves (11 MB)
+                  "plphp_dev.quality": ["model/*"]},
     install_requires=["vllm>=0.32,<0.33"],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout", "openai>=1.0", "matplotlib"],

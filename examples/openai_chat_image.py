@@ -5,27 +5,12 @@ print the answer and the server's PLPHP metrics.
 """
 
 import argparse
-import time
 import urllib.request
 
 from openai import OpenAI
 
 from plphp_dev.fixtures.prompts import image_to_data_url, make_image
-
-
-def wait_ready(base_url: str, timeout: float) -> None:
-    health = base_url.rsplit("/v1", 1)[0] + "/health"
-    deadline = time.time() + timeout
-    print(f"waiting for {health} ", end="", flush=True)
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(health, timeout=2):
-                print("ready")
-                return
-        except OSError:
-            print(".", end="", flush=True)
-            time.sleep(2)
-    raise SystemExit(f"server not ready after {timeout}s")
+from plphp_dev.serving import wait_ready
 
 
 def main():

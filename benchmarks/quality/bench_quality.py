@@ -1,7 +1,7 @@
 """Quality of PLPHP vs FastV vs VTW on the trained model, through vLLM.
 
     .venv/bin/python benchmarks/quality/bench_quality.py [--n-per-task 100]
-        [--model benchmarks/quality/model] [--json out.json] [--png figure5.png]
+        [--model plphp_dev/quality/model] [--json out.json] [--png figure5.png]
 
 One stock vLLM engine and one `--attention-backend plphp` engine (the
 offline `vllm.LLM` engine, CPU, float32) run the held-out test split of every
@@ -33,7 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = ROOT / "benchmarks" / "quality" / "model"
+DEFAULT_MODEL = ROOT / "plphp_dev" / "quality" / "model"  # plphp_dev.quality.MODEL_DIR
 
 
 def settings(num_layers: int) -> dict[str, dict | None]:

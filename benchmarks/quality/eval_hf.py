@@ -1,6 +1,6 @@
 """Greedy transformers evaluation of a quality checkpoint on the test split.
 
-    python benchmarks/quality/eval_hf.py [--model benchmarks/quality/model]
+    python benchmarks/quality/eval_hf.py [--model plphp_dev/quality/model]
         [--n-per-task 100] [--seed 0] [--device cpu|cuda] [--tasks color,count]
 
 Prints score and chance per task.  Prompts are encoded like ``LlavaProcessor``
@@ -19,6 +19,7 @@ from collections import defaultdict
 import torch
 
 from batches import ROOT, prompt_ids  # benchmarks/quality is sys.path[0]; puts ROOT on it
+from plphp_dev.quality import MODEL_DIR
 from plphp_dev.quality.model import ModelSpec, load_checkpoint, pixel_values
 from plphp_dev.quality.tasks import TASKS, Example, chance_score, make_examples, prompt_text, score
 
@@ -90,7 +91,7 @@ def format_table(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ROOT / "benchmarks" / "quality" / "model"))
+    ap.add_argument("--model", default=str(MODEL_DIR))
     ap.add_argument("--n-per-task", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -1,6 +1,6 @@
 """Greedy vLLM evaluation of a quality checkpoint, compared with transformers.
 
-    python benchmarks/quality/eval_vllm.py [--model benchmarks/quality/model]
+    python benchmarks/quality/eval_vllm.py [--model plphp_dev/quality/model]
         [--n-per-task 10] [--seed 0] [--no-hf] [-- extra LLM kwargs as JSON]
 
 Runs the test split through ``vllm.LLM.generate`` (raw prompts from
@@ -17,6 +17,7 @@ import time
 from collections import defaultdict
 
 from batches import ROOT  # benchmarks/quality is sys.path[0]; puts ROOT on it
+from plphp_dev.quality import MODEL_DIR
 from plphp_dev.quality.tasks import TASKS, chance_score, make_examples, score, vllm_inputs
 
 
@@ -48,7 +49,7 @@ def hf_answers(model: str, examples) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ROOT / "benchmarks" / "quality" / "model"))
+    ap.add_argument("--model", default=str(MODEL_DIR))
     ap.add_argument("--n-per-task", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-hf", action="store_true")

@@ -44,6 +44,7 @@ import time
 import torch
 
 from batches import ROOT, batch_stream, collate  # benchmarks/quality is sys.path[0]
+from plphp_dev.quality import MODEL_DIR
 from eval_hf import evaluate, format_table
 from plphp_dev.quality.model import ModelSpec, build_tokenizer, load_checkpoint, new_model, save_checkpoint
 from plphp_dev.quality.conversations import KINDS
@@ -158,7 +159,7 @@ def parse_weights(text: str) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "quality" / "model"))
+    ap.add_argument("--out", default=str(MODEL_DIR))
     for k, v in DEFAULTS.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
     ap.add_argument("--kind-weights", default="", help="conversation kinds, e.g. spot=2 (over KIND_WEIGHTS)")

@@ -4,8 +4,11 @@
 vision tasks with exact answers and scores predictions; it needs only PIL.
 ``plphp_dev.quality.model`` builds the model config, tokenizer and
 processor (needs torch and transformers, never vLLM).  Training and
-evaluation scripts live in ``benchmarks/quality/``.
+evaluation scripts live in ``benchmarks/quality/``. ``MODEL_DIR`` is the
+trained checkpoint (11 MB, shipped as package data): the quick start serves it.
 """
+
+from pathlib import Path
 
 from .tasks import (
     IMAGE_TOKEN,
@@ -22,8 +25,11 @@ from .tasks import (
     vllm_inputs,
 )
 
+MODEL_DIR = Path(__file__).resolve().parent / "model"
+
 __all__ = [
     "IMAGE_TOKEN",
+    "MODEL_DIR",
     "MAX_IMAGES",
     "MULTI_IMAGE_TASKS",
     "TASKS",

@@ -1,4 +1,4 @@
-"""The committed quality model (benchmarks/quality/model) through vLLM.
+"""The committed quality model (plphp_dev/quality/model) through vLLM.
 
 It must really read its images (blinding its decode steps with VTW at K=0
 costs a large part of its score), PLPHP at the default setting must prune and
@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from plphp_dev.quality import MODEL_DIR
 from tests.conftest import make_llm
 from vllm_plphp.config import PlphpConfig
 
-MODEL = Path(__file__).resolve().parents[2] / "benchmarks" / "quality" / "model"
+MODEL = MODEL_DIR
 N_PER_TASK = 10
 EXACT = ("color", "shape", "count", "position", "differ", "spot", "compare")
 
 pytestmark = pytest.mark.skipif(not (MODEL / "config.json").is_file(),
-                                reason="benchmarks/quality/model is not in this checkout")
+                                reason="plphp_dev/quality/model is not in this checkout")
 
 
 def _params(override, max_tokens=24):
