@@ -54,7 +54,9 @@ def main() -> None:
     common = dict(model=model, dtype="float32", max_model_len=4096,
                   kv_cache_memory_bytes=512 << 20, limit_mm_per_prompt={"image": 2}, seed=0)
     engines = {
-        "stock": LLM(**common),
+        # prefix caching off for stock too (PLPHP turns it off): the repeats
+        # send the same prompts, and cached prefills would favour stock
+        "stock": LLM(**common, enable_prefix_caching=False),
         "plphp r=1": LLM(**common, attention_backend="plphp",
                          additional_config={"plphp": {"r": 1.0, "delta_r": 0.0}}),
         "plphp r=0.4": LLM(**common, attention_backend="plphp",

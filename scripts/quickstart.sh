@@ -26,12 +26,13 @@ PLPHP=$!
 echo "[quickstart] vllm serve $MODEL   (stock, for comparison; log: $OUT/stock.log)"
 .venv/bin/vllm serve "$MODEL" --port "$((PORT + 1))" "${COMMON[@]}" >"$OUT/stock.log" 2>&1 &
 STOCK=$!
-trap 'kill $PLPHP $STOCK 2>/dev/null; wait $PLPHP $STOCK 2>/dev/null || true' EXIT
+stop() { kill $PLPHP $STOCK 2>/dev/null || true; wait $PLPHP $STOCK 2>/dev/null || true; }
+trap stop EXIT
 $PY examples/quickstart_client.py --plphp-url "http://127.0.0.1:$PORT/v1" \
   --stock-url "http://127.0.0.1:$((PORT + 1))/v1" --out-dir "$OUT"
-kill $PLPHP $STOCK 2>/dev/null; wait $PLPHP $STOCK 2>/dev/null || true
+stop
 echo "[quickstart] vllm-plphp inspect: per layer gamma_l, rate r_l, kept entries; per head kept tokens"
-.venv/bin/vllm-plphp inspect --model "$MODEL" --image "$OUT/picture.png" \
-  --prompt "$(cat "$OUT/question.txt")" --dtype float32 --max-model-len 1024 \
-  --out "$OUT/inspect.png" 2>"$OUT/inspect.log" | tail -n +1
+VLLM_LOGGING_LEVEL=WARNING .venv/bin/vllm-plphp inspect --model "$MODEL" \
+  --image "$OUT/picture.png" --prompt "$(cat "$OUT/question.txt")" --dtype float32 \
+  --max-model-len 1024 --out "$OUT/inspect.png" 2>"$OUT/inspect.log"
 echo "[quickstart] picture of what PLPHP kept: $OUT/inspect.png"
