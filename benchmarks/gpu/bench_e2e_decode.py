@@ -1,4 +1,6 @@
 """End-to-end decode benchmark in the paper's setting (issue 7).
+(Over 300 lines: one self-contained script, so that a single call on a lent
+GPU machine runs it.)
 
 Model: HF Qwen2ForCausalLM with the language-model shape of LLaVA-OneVision-7B /
 Qwen2-VL-7B (Qwen2-7B: 28 layers, hidden 3584, 28 query / 4 KV heads, head 128,

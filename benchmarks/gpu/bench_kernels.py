@@ -1,4 +1,6 @@
 """GPU benchmark of PLPHP's per-prefill kernels at Qwen2-7B shapes (issue 7).
+(Over 300 lines: one self-contained script, so that a single call on a lent
+GPU machine runs every measurement.)
 
 Shapes: 28 layers (25 pruned: 0-indexed 2..26), 28 query / 4 KV heads, head 128,
 bf16, block size 16, vLLM FLASH_ATTN cache layout (nb, Hkv, bs, 2D) with K/V

@@ -1,6 +1,7 @@
 """Checks of `vllm_plphp.gpu` against the torch oracle, shared by
 tests/gpu/test_kernels.py (CPU fallback, Triton interpreter, CUDA) and usable
-as a plain script on a GPU machine without pytest:
+as a plain script on a GPU machine without pytest (one file, over 300 lines,
+because the GPU machine runs it alone: it must carry every check):
 
     python -m tests.gpu.kernel_checks            # CUDA, Triton backend
     TRITON_INTERPRET=1 python -m tests.gpu.kernel_checks --interpret   # CPU
