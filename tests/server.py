@@ -43,10 +43,7 @@ class Server:
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", prefix="vllm-serve-", delete=False)
         self.proc = subprocess.Popen(
             cmd, stdout=self.log, stderr=subprocess.STDOUT,
-            # its own PLPHP stats file: this process may have registered the
-            # plugin already and fixed VLLM_PLPHP_STATS_FILE for its engines
-            env={**os.environ, "VLLM_LOGGING_LEVEL": "INFO",
-                 "VLLM_PLPHP_STATS_FILE": self.log.name + ".plphp-stats.json", **(env or {})},
+            env={**os.environ, "VLLM_LOGGING_LEVEL": "INFO", **(env or {})},
             start_new_session=True,
         )
         self._wait(timeout)

@@ -1,8 +1,8 @@
 """Engine-core PLPHP totals (what `vllm_plphp.frontend.metrics` shows on
 `/metrics`): the scheduler adds each step's worker counts and freed blocks and
-writes the totals to a small JSON file (atomically) whose path is chosen by the
-first process that registers the plugin and passed on through the environment
-(`VLLM_PLPHP_STATS_FILE`), which the engine core inherits."""
+writes the totals to a small JSON file (atomically) whose path is chosen where
+the engine's config is built (`new_stats_path`) and passed on through the
+environment (`VLLM_PLPHP_STATS_FILE`) to the engine core spawned after it."""
 
 from __future__ import annotations
 
@@ -16,11 +16,24 @@ COUNTERS = ("requests_pruned", "requests_skipped", "vision_tokens_seen",
             "vision_tokens_kept", "kv_blocks_freed")
 
 
+_count = 0
+
+
 def stats_path() -> str:
-    path = os.environ.get(ENV)
-    if not path:
-        path = os.path.join(tempfile.gettempdir(), f"vllm-plphp-stats-{os.getpid()}.json")
-        os.environ[ENV] = path
+    """The stats file of the engine this process creates or runs."""
+    return os.environ.get(ENV) or new_stats_path()
+
+
+def new_stats_path() -> str:
+    """A fresh stats file for an engine about to be created here (called where
+    its config is built, before the engine core is spawned, which inherits it
+    through the environment; the API server's collector reads the variable at
+    scrape time). One file per engine: servers started from a process that
+    ran engines of its own do not share that process's file."""
+    global _count
+    _count += 1
+    path = os.path.join(tempfile.gettempdir(), f"vllm-plphp-stats-{os.getpid()}-{_count}.json")
+    os.environ[ENV] = path
     return path
 
 

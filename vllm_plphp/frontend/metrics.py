@@ -20,8 +20,9 @@ Metrics:
 from __future__ import annotations
 
 import json
+import os
 
-from vllm_plphp.engine.stats import BUCKETS, COUNTERS, stats_path
+from vllm_plphp.engine.stats import BUCKETS, COUNTERS, ENV, stats_path
 
 
 class PlphpCollector:
@@ -33,8 +34,10 @@ class PlphpCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
+        # the engine's file: its config was built in this process after the
+        # collector was registered (vllm_plphp.engine.stats.new_stats_path)
         try:
-            with open(self.path) as f:
+            with open(os.environ.get(ENV) or self.path) as f:
                 data = json.load(f)
         except (OSError, ValueError):
             data = {"totals": {n: 0 for n in COUNTERS}, "buckets": [0] * len(BUCKETS),

@@ -7,7 +7,8 @@ which PLPHP does not support (a cached block of one request may be compacted
 by another's pruning).
 How: when the attention backend is PLPHP, default prefix caching to off (an
 explicit --enable-prefix-caching is refused), build the config with the
-original, then validate the `plphp` section and the unsupported features.
+original, then validate the `plphp` section and the unsupported features, and
+choose the engine's metrics file (`vllm_plphp.engine.stats.new_stats_path`).
 vLLM versions checked: 0.32.0.
 Remove when: never as such; the checks would move to a config hook if vLLM
 offered one to attention backends.
@@ -15,6 +16,7 @@ offered one to attention backends.
 
 from vllm.engine.arg_utils import EngineArgs
 
+from vllm_plphp.engine.stats import new_stats_path
 from vllm_plphp.log import logger
 from vllm_plphp.patches import original, patch, plphp_selected
 from vllm_plphp.frontend.validate import refuse_prefix_caching, validate_engine_config
@@ -40,6 +42,7 @@ def _create_engine_config(self, *args, **kwargs):
     vllm_config = original(EngineArgs, "create_engine_config")(self, *args, **kwargs)
     if plphp_selected(vllm_config):
         validate_engine_config(vllm_config)
+        new_stats_path()  # this engine's metrics file, inherited by its engine core
     return vllm_config
 
 
