@@ -41,10 +41,11 @@ def test_v1_async_equals_reference(llava_path):
 
     llm = make_llm(llava_path, "plphp")
     try:
-        assert llm.collective_rpc("plphp_runner")[0] == {
-            "runner": "Model Runner V1", "async_scheduling": True, "compiled": False}
         cases = [(1, 0), (2, 3), (0, 0)]
         ours = token_ids(llm.generate([prompt_inputs("llava", n, s) for n, s in cases], greedy()))
+        # (the V1 adapter attaches at the runner's first step)
+        assert llm.collective_rpc("plphp_runner")[0] == {
+            "runner": "Model Runner V1", "async_scheduling": True, "compiled": False}
     finally:
         llm.llm_engine.engine_core.shutdown()
     ref = ReferenceModel(llava_path)
