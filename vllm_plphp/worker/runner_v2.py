@@ -53,7 +53,6 @@ class V2Adapter:
         tables.input_block_tables = list(self.input_tables.unbind(0))
         tables.init_block_table_layout_tensors()
         self.requests: dict[str, RequestInfo] = {}
-        self.input_batch = None
 
     # -------------------------------------------------------------- request life
     def added(self, scheduler_output) -> None:
@@ -94,7 +93,6 @@ class V2Adapter:
         step = self.worker.step
         if step is None:
             return
-        self.input_batch = input_batch
         num_reqs = input_batch.num_reqs
         if not self.pruned_np[:, input_batch.idx_mapping_np].any():
             return
