@@ -14,8 +14,8 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 MAX_TOKENS = 12
 # Under vLLM's GPU defaults (second pass of scripts/test.sh) engines compile
 # with torch.compile, as vLLM does by default. The first pass runs eager: each
-# compiled engine start costs CI time, and compiled V1 runs are covered by the
-# quick start, the examples test and tests/integration/test_compiled.py.
+# compiled engine start costs CI time; the compiled V1 path runs in the
+# examples test (tests/integration/test_examples.py) and the quick start.
 EAGER = not gpu_defaults.enabled()
 
 

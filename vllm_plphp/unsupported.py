@@ -1,7 +1,17 @@
 """vllm-plphp on a vLLM version it was not checked against: stock engines run
 untouched, and selecting `--attention-backend plphp` fails naming the
 supported versions (at config time, and if that is bypassed, when vLLM loads
-the backend class)."""
+the backend class).
+
+The one patch applied then (`install_guard`), outside vllm_plphp/patches/
+because none of those is applied on an unknown vLLM:
+Target: vllm.engine.arg_utils.EngineArgs.create_engine_config
+Why: on CPU vLLM ignores an unknown backend name and would run stock attention
+while the user asked for PLPHP; refuse instead, naming the supported versions.
+How: a wrapper that raises when the attention backend is PLPHP and otherwise
+calls the original (which it keeps); nothing else changes.
+vLLM versions checked: 0.32.0 (faked as 0.33.0 in tests/unit/test_register.py).
+Remove when: the plugin supports the installed vLLM (then it is never applied)."""
 
 from __future__ import annotations
 

@@ -12,6 +12,11 @@ Model Runner V2 and async scheduling (../shared/DESIGN.md s.3).
   wrapper restores what vLLM resolved before the platform hook (on unless the
   caller passed `async_scheduling=False` or a feature rules it out).
 
+Targets: `triton.backends.backends` (read by `vllm.triton_utils.importing`),
+`vllm.platforms.cpu.CpuPlatform.check_and_update_config`. Test-only; never
+imported by the package. vLLM versions checked: 0.32.0. Remove when Triton
+has a CPU backend and vLLM's CPU platform allows async scheduling.
+
 `enable()` must run before anything imports `vllm.triton_utils`, in every
 process that builds a config or a model runner: `PLPHP_GPU_DEFAULTS=1` with
 `tests/support/site` on PYTHONPATH does it at interpreter start in every
