@@ -36,6 +36,11 @@ class PlphpConfig:
     policy: str = "plphp"  # "plphp" | "fastv" | "vtw" (vllm_plphp.core.policies)
     k: int = 2  # FastV / VTW: first layer without the dropped vision tokens
     fastv_r: float = 0.5  # FastV: fraction R of vision tokens dropped
+    # PLPHP ablation (paper's per-head claim): False -> every KV head of a layer
+    # keeps the same top K_j, ranked by the attention averaged over all query
+    # heads (same counts as per-head). The layer-rule ablation needs no switch:
+    # delta_r=0 gives every pruned layer the rate r.
+    per_head: bool = True
 
     def __post_init__(self) -> None:
         _check_range("r", self.r, 0.0, 1.0)
@@ -74,6 +79,10 @@ class PlphpConfig:
             raise PlphpConfigError(
                 f"plphp.k={self.k!r} is not allowed with policy 'fastv' "
                 "(allowed: integer >= 1; layer k-1 ranks the vision tokens)"
+            )
+        if not isinstance(self.per_head, bool):
+            raise PlphpConfigError(
+                f"plphp.per_head={self.per_head!r} is not allowed (allowed: true, false)"
             )
         for name in ("skip_first", "skip_last", "k"):
             value = getattr(self, name)
@@ -123,6 +132,12 @@ def _coerce(name: str, raw: str):
             return float(raw)
         if kind == "int":
             return int(raw)
+        if kind == "bool":
+            return {"1": True, "true": True, "0": False, "false": False}[raw.strip().lower()]
+    except KeyError:
+        raise PlphpConfigError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid bool (allowed: 1, 0, true, false)"
+        ) from None
     except ValueError:
         raise PlphpConfigError(
             f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}"

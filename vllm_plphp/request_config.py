@@ -14,7 +14,7 @@ import json
 
 from vllm_plphp.config import PlphpConfig, PlphpConfigError
 
-OVERRIDABLE = ("r", "delta_r", "alpha", "beta", "gqa_reduce", "policy", "k", "fastv_r")
+OVERRIDABLE = ("r", "delta_r", "alpha", "beta", "gqa_reduce", "policy", "k", "fastv_r", "per_head")
 
 
 def parse_override(base: PlphpConfig, value) -> PlphpConfig | None:

@@ -61,6 +61,7 @@ def test_request_override():
         parse_override(base, {"r": 2})
     with pytest.raises(PlphpConfigError, match="unknown key"):
         parse_override(base, {"skip_first": 0})
+    assert parse_override(base, {"per_head": False}).per_head is False
 
 
 def test_flat_request_keys_and_string_forms():

@@ -75,7 +75,9 @@ class PlphpPolicy:
     lets each KV head keep its own top K_j = floor(r_l * S_j) (>= 1) per image.
 
     Settings: r, delta_r, alpha, beta (the layer rule, `PlphpConfig.layer_rate`),
-    gqa_reduce, skip_first / skip_last (layers kept whole).
+    gqa_reduce, skip_first / skip_last (layers kept whole), per_head (False:
+    the paper's per-head ablation, every head keeps the same tokens; with
+    delta_r=0 the layer-rule ablation, one rate r in every pruned layer).
     Between `observe` and `choose` of a layer it holds that layer's
     `LayerScores` (probs: (H_rank, P)).
     """
@@ -102,8 +104,21 @@ class PlphpPolicy:
     def choose(self, images, total_len: int, num_kv_heads: int) -> Choice:
         scores, self._scores = self._scores, None
         rate = self.config.layer_rate(scores.gamma)
-        head_scores = scoring.kv_head_scores(scores.probs, num_kv_heads, self.config.gqa_reduce)
+        if self.config.per_head:
+            head_scores = scoring.kv_head_scores(scores.probs, num_kv_heads, self.config.gqa_reduce)
+        else:  # ablation: one ranking (all query heads, all ranks) shared by every head
+            head_scores = _shared_scores(images, scores, num_kv_heads)
         return Choice(scoring.select_kept(head_scores, images, rate, total_len), rate)
+
+
+def _shared_scores(images, scores: LayerScores, num_kv_heads: int) -> torch.Tensor:
+    """(Hkv, P) equal rows: each vision position's head-averaged attention
+    (`scores.vision_attn`, ordered as torch.cat(images)); 0 elsewhere."""
+    vision = torch.cat(list(images)).to(scores.vision_attn.device)
+    row = torch.zeros(scores.probs.shape[-1], dtype=scores.vision_attn.dtype,
+                      device=scores.vision_attn.device)
+    row[vision] = scores.vision_attn
+    return row.expand(num_kv_heads, -1)
 
 
 class FastVPolicy:

@@ -14,7 +14,7 @@ layers take the batched path instead: one fused Triton call per layer for all
 of the step's targets (`vllm_plphp.gpu.ops.prune_layer_batched_`: scores,
 gamma_l, r_l, per-head top-K, in-place compaction on the device), with no host
 sync per layer; the kept lengths come back once per step (`commit_pending`).
-FastV / VTW and mixed GQA reductions use the torch path everywhere.
+FastV / VTW, mixed GQA reductions and per_head=False use the torch path everywhere.
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ def _batched(worker: PlphpWorker, roles, kv_cache: torch.Tensor) -> bool:
     if any(policy.name != "plphp" or not (score and prune) for _, policy, score, prune in roles):
         return False
     if len({t.config.gqa_reduce for t, *_ in roles}) != 1:
+        return False
+    if not all(t.config.per_head for t, *_ in roles):  # the shared-ranking ablation
         return False
     from vllm_plphp.gpu import ops
 

@@ -71,6 +71,38 @@ def test_plphp_policy_is_the_per_head_per_image_rule():
     assert torch.equal(choice.keep, expected)
 
 
+def test_per_head_off_ablation_shares_one_ranking_and_keeps_the_counts():
+    """per_head=False: every KV head keeps the top K_j of the head-averaged
+    attention (the paper's per-head ablation); r_l and the counts are PLPHP's."""
+    probs = torch.softmax(4 * torch.randn(H, P, generator=torch.Generator().manual_seed(2)), -1)
+    vision = torch.cat(IMAGES)
+    scores = LayerScores(probs, probs[:, vision].mean(0), HKV)
+    choices = {}
+    for per_head in (True, False):
+        policy = make_policy(PlphpConfig(per_head=per_head))
+        policy.observe(IMAGES, scores)
+        choices[per_head] = policy.choose(IMAGES, P + 2, HKV)
+    shared, own = choices[False], choices[True]
+    assert shared.rate == own.rate and shared.keep.shape == own.keep.shape
+    assert torch.equal(shared.keep[0], shared.keep[1])
+    assert not torch.equal(own.keep[0], own.keep[1])  # this draw: the heads disagree
+    mean = probs.mean(0)
+    for img in IMAGES:  # per image, the kept ones are the top K_j of the mean row
+        k = scoring.num_kept(own.rate, img.numel())
+        top = set(img[torch.topk(mean[img], k).indices].tolist())
+        assert set(shared.keep[0].tolist()) & set(img.tolist()) == top
+    assert PlphpConfig().per_head is True
+    assert from_dict({}, env={"VLLM_PLPHP_PER_HEAD": "0"}).per_head is False
+    with pytest.raises(PlphpConfigError, match="plphp.per_head=1"):
+        PlphpConfig(per_head=1)
+
+
+def test_layer_rule_off_is_delta_r_zero():
+    """The uniform-rate ablation: delta_r=0 gives every category the rate r."""
+    config = PlphpConfig(r=0.55, delta_r=0.0)
+    assert {config.layer_rate(g) for g in (0.0, 0.05, 0.2, 0.9)} == {0.55}
+
+
 def test_policy_settings_are_validated():
     assert from_dict({"policy": "vtw", "k": 4}, env={}).k == 4
     for values, field in [({"policy": "sparse"}, "plphp.policy='sparse'"),
