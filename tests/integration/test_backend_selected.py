@@ -58,10 +58,3 @@ def test_bad_plphp_value_stops_engine_with_named_field(llava_path):
 
     with pytest.raises(PlphpConfigError, match=r"plphp\.r=1\.5 .*allowed"):
         make_llm(llava_path, "plphp", {"r": 1.5})
-
-
-def test_prefix_caching_is_refused(llava_path):
-    from vllm_plphp.frontend.validate import PlphpUnsupportedError
-
-    with pytest.raises(PlphpUnsupportedError, match="prefix caching"):
-        make_llm(llava_path, "plphp", enable_prefix_caching=True)

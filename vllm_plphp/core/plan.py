@@ -59,6 +59,14 @@ class PruneTarget:
         return any(self.policy.prunes_layer(l, num_layers) for l in range(num_layers))
 
 
+def first_vision_offset(mm_features) -> int | None:
+    """Prompt position where the request's first vision item starts (None when
+    it has none). Blocks wholly before it are the same as stock in every layer
+    whatever PLPHP keeps; from it on, pruned layers compact in place."""
+    offsets = [f.mm_position.offset for f in mm_features or () if f.modality in VISION_MODALITIES]
+    return min(offsets) if offsets else None
+
+
 def vision_positions(mm_features) -> list[torch.Tensor]:
     """Per vision item, the prompt positions that hold vision embeddings."""
     items = []

@@ -6,6 +6,15 @@ to `PlphpLayerManager`. After a request's layer is pruned, the manager needs
 blocks only for `num_tokens - num_pruned` entries: `prune()` returns the tail
 blocks to the shared pool, and later allocations count compacted lengths, so
 admission, preemption and `vllm:kv_cache_usage_perc` all see the real usage.
+
+Prefix caching: an image request's blocks from the one holding its first
+vision token on are never cached (`cache_blocks`), in every layer: in pruned
+layers their content changes in place at compaction, so no other request may
+ever be handed them; they stay private and go back to the pool uncached. The
+blocks wholly before the first vision token (system prompt, chat template) are
+the same as stock and are cached and shared as stock caches them; text-only
+requests are cached exactly as stock. A cache hit therefore never reaches a
+block that `prune` frees or the worker compacts.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 
 from vllm_plphp.core.blocks import kept_blocks
+from vllm_plphp.core.plan import first_vision_offset
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +47,14 @@ class PlphpLayerManager(FullAttentionManager):
         return super().allocate_new_blocks(
             request_id, num_tokens - pruned, num_tokens_main_model - pruned
         )
+
+    def cache_blocks(self, request, num_tokens: int, *args, **kwargs) -> None:
+        """Cache as stock, but never an image request's blocks from its first
+        vision token's block on (their content is the request's own once pruned)."""
+        first = first_vision_offset(request.mm_features)
+        if first is not None:
+            num_tokens = min(num_tokens, first // self.block_size * self.block_size)
+        super().cache_blocks(request, num_tokens, *args, **kwargs)
 
     def pop_blocks_for_free(self, request_id):
         self.num_pruned.pop(request_id, None)

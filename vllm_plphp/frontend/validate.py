@@ -13,14 +13,6 @@ class PlphpUnsupportedError(ValueError):
     """A vLLM feature that PLPHP does not support was enabled."""
 
 
-def refuse_prefix_caching() -> None:
-    raise PlphpUnsupportedError(
-        "--attention-backend plphp does not support prefix caching yet: pruning "
-        "compacts a request's KV blocks, which other requests could share. "
-        "Remove --enable-prefix-caching (PLPHP turns it off by default)."
-    )
-
-
 def _refusals(vllm_config) -> list[str]:
     """One sentence per unsupported feature that is on."""
     from vllm.platforms import current_platform
@@ -60,8 +52,6 @@ def _refusals(vllm_config) -> list[str]:
 def validate_engine_config(vllm_config) -> PlphpConfig:
     """Raise on a bad plphp section or an unsupported feature; return the config."""
     config = from_vllm_config(vllm_config)
-    if vllm_config.cache_config.enable_prefix_caching:
-        refuse_prefix_caching()
     refusals = _refusals(vllm_config)
     if refusals:
         raise PlphpUnsupportedError(

@@ -2,13 +2,11 @@
 
 Why: PLPHP must fail fast, in the process the user started (`LLM(...)`,
 `vllm serve`), on a bad `plphp` setting or an unsupported combination, rather
-than deep inside the engine core; and vLLM turns prefix caching on by default,
-which PLPHP does not support (a cached block of one request may be compacted
-by another's pruning).
-How: when the attention backend is PLPHP, default prefix caching to off (an
-explicit --enable-prefix-caching is refused), build the config with the
-original, then validate the `plphp` section and the unsupported features, and
-choose the engine's metrics file (`vllm_plphp.engine.stats.new_stats_path`).
+than deep inside the engine core.
+How: build the config with the original (vLLM's defaults kept, prefix
+caching included: vllm_plphp/engine/block_manager.py says what is shared);
+when the attention backend is PLPHP, validate the `plphp` section and the
+unsupported features, and choose the engine's metrics file (`vllm_plphp.engine.stats.new_stats_path`).
 vLLM versions checked: 0.32.0.
 Remove when: never as such; the checks would move to a config hook if vLLM
 offered one to attention backends.
@@ -17,9 +15,8 @@ offered one to attention backends.
 from vllm.engine.arg_utils import EngineArgs
 
 from vllm_plphp.engine.stats import new_stats_path
-from vllm_plphp.log import logger
 from vllm_plphp.patches import original, patch, plphp_selected
-from vllm_plphp.frontend.validate import refuse_prefix_caching, validate_engine_config
+from vllm_plphp.frontend.validate import validate_engine_config
 
 
 def _selected(args: EngineArgs) -> bool:
@@ -32,13 +29,6 @@ def _selected(args: EngineArgs) -> bool:
 
 
 def _create_engine_config(self, *args, **kwargs):
-    if _selected(self):
-        if self.enable_prefix_caching:
-            refuse_prefix_caching()
-        if self.enable_prefix_caching is None:
-            logger.info("PLPHP: prefix caching (on by default in vLLM) is turned off: "
-                        "pruning compacts blocks that other requests could share")
-        self.enable_prefix_caching = False
     vllm_config = original(EngineArgs, "create_engine_config")(self, *args, **kwargs)
     if plphp_selected(vllm_config):
         validate_engine_config(vllm_config)

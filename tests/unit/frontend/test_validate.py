@@ -61,8 +61,3 @@ def test_other_platforms_refused(monkeypatch):
     monkeypatch.setattr(current_platform, "is_cpu", lambda: False)
     monkeypatch.setattr(current_platform, "is_cuda", lambda: False)
     assert any("CPU_ATTN on CPU and FLASH_ATTN on NVIDIA CUDA only" in r for r in _refusals(config()))
-
-
-def test_prefix_caching_refused():
-    with pytest.raises(PlphpUnsupportedError, match="prefix caching"):
-        validate_engine_config(config(**{"cache_config.enable_prefix_caching": True}))
