@@ -7,6 +7,10 @@ cache. Checked against the kernels that write the cache:
     (bs, D) (checked with `cpu_attn_reshape_and_cache`, tests/unit/test_kv_layout.py).
   FLASH_ATTN / TRITON_ATTN (vLLM 0.32): kv_cache (nb, Hkv, bs, 2D), K = [..., :D].
 Other CPU ISAs (AMX, NEON, ...) pack the key tiles differently: refused.
+
+fp8 KV caches (`--kv-cache-dtype fp8 | fp8_e4m3 | fp8_e5m2`) have the same
+layout with one byte per entry (uint8 storage of x / scale): compaction moves
+the bytes as they are; scoring reads them through `dequantize`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,17 @@ from __future__ import annotations
 import torch
 
 CPU_ISAS = ("vec", "vec16")
+FP8_DTYPES = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
+              "fp8_e5m2": torch.float8_e5m2}
+
+
+def dequantize(entries: torch.Tensor, kv_cache_dtype: str, scale: float,
+               dtype: torch.dtype) -> torch.Tensor:
+    """Cache entries as `dtype` values (fp8: stored bytes * scale)."""
+    fp8 = FP8_DTYPES.get(kv_cache_dtype)
+    if fp8 is None:
+        return entries
+    return entries.view(fp8).to(dtype) * scale
 
 
 def cpu_views(kv_cache: torch.Tensor, isa: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -71,8 +71,11 @@ def prune_layer(worker: PlphpWorker, impl, layer, query: torch.Tensor, kv_cache:
 
 
 def _batched(worker: PlphpWorker, roles, kv_cache: torch.Tensor) -> bool:
-    """The fused Triton path: CUDA (or worker.kernels == "triton"), PLPHP only."""
+    """The fused Triton path: CUDA (or worker.kernels == "triton"), PLPHP only,
+    fp16/bf16/fp32 caches (fp8 caches take the torch path)."""
     if worker.kernels == "torch" or (worker.kernels is None and not kv_cache.is_cuda):
+        return False
+    if kv_cache.dtype == torch.uint8:
         return False
     if any(policy.name != "plphp" or not (score and prune) for _, policy, score, prune in roles):
         return False
@@ -148,7 +151,15 @@ def _roles(worker: PlphpWorker, layer_idx: int) -> list:
     return roles
 
 
-def _layer_scores(roles, query, k_cache, blocks, scale) -> dict[int, LayerScores]:
+def _keys(impl, layer, k_cache, block_ids, length, dtype) -> torch.Tensor:
+    """Positions 0..length-1 of the layer's keys, (Hkv, length, D), as `dtype`
+    values (an fp8 cache's bytes dequantized with the layer's k_scale)."""
+    keys = compaction.gather(k_cache, block_ids, length)
+    return kv_layout.dequantize(keys, getattr(impl, "kv_cache_dtype", "auto"),
+                                layer._k_scale_float, dtype)
+
+
+def _layer_scores(roles, impl, layer, query, k_cache, blocks) -> dict[int, LayerScores]:
     """Scores of the targets this layer scores. Attention on each vision
     position averaged over ALL query heads: this rank's head sums, reduced
     across tensor-parallel ranks, / global heads."""
@@ -158,8 +169,8 @@ def _layer_scores(roles, query, k_cache, blocks, scale) -> dict[int, LayerScores
     num_kv_heads = k_cache.shape[1]
     probs, vision = {}, {}
     for t in scored:
-        keys = compaction.gather(k_cache, blocks[t.row], t.prompt_len)
-        probs[t.row] = scoring.last_token_attention(query[t.query_index], keys, scale)
+        keys = _keys(impl, layer, k_cache, blocks[t.row], t.prompt_len, query.dtype)
+        probs[t.row] = scoring.last_token_attention(query[t.query_index], keys, impl.scale)
         vision[t.row] = torch.cat(t.images).to(k_cache.device)
     sums = torch.cat([probs[t.row][:, vision[t.row]].sum(0) for t in scored])
     sums = _tp_all_reduce(sums) / (query.shape[1] * _tp_size())
@@ -174,7 +185,7 @@ def _prune(worker: PlphpWorker, roles, impl, layer, query, kv_cache) -> None:
     k_cache, v_cache = cache_views(impl, layer, kv_cache)
     num_kv_heads = k_cache.shape[1]
     blocks = {t.row: adapter.block_ids(gid, t) for t, *_ in roles}
-    layer_scores = _layer_scores(roles, query, k_cache, blocks, impl.scale)
+    layer_scores = _layer_scores(roles, impl, layer, query, k_cache, blocks)
 
     for target, policy, score, prune in roles:
         images = [p.to(k_cache.device) for p in target.images]

@@ -13,6 +13,21 @@ class PlphpUnsupportedError(ValueError):
     """A vLLM feature that PLPHP does not support was enabled."""
 
 
+def _stock_backend():
+    from vllm_plphp.worker.backend import PlphpAttentionBackend
+
+    return PlphpAttentionBackend.__mro__[1]
+
+
+def kv_cache_dtypes() -> list[str]:
+    """KV cache dtypes PLPHP serves: those the wrapped stock backend supports
+    that PLPHP can read (unquantized, or fp8 with one scale per layer)."""
+    from vllm_plphp.core.kv_layout import FP8_DTYPES
+
+    readable = ("auto", "float16", "bfloat16", *FP8_DTYPES)
+    return [d for d in _stock_backend().supported_kv_cache_dtypes if d in readable]
+
+
 def _refusals(vllm_config) -> list[str]:
     """One sentence per unsupported feature that is on."""
     from vllm.platforms import current_platform
@@ -32,9 +47,11 @@ def _refusals(vllm_config) -> list[str]:
     if vllm_config.speculative_config is not None:
         out.append("speculative decoding (draft tokens would be written at unpruned "
                    "positions); remove --speculative-config")
-    if vllm_config.cache_config.cache_dtype not in ("auto", None):
-        out.append(f"kv_cache_dtype {vllm_config.cache_config.cache_dtype!r} (only 'auto' "
-                   "is supported so far); remove --kv-cache-dtype")
+    cache_dtype = vllm_config.cache_config.cache_dtype or "auto"
+    if cache_dtype not in kv_cache_dtypes():
+        out.append(f"kv_cache_dtype {cache_dtype!r} (with the wrapped "
+                   f"{_stock_backend().get_name()} backend PLPHP reads "
+                   f"{', '.join(kv_cache_dtypes())})")
     if parallel.pipeline_parallel_size > 1:
         out.append("pipeline parallelism; use tensor parallelism (--tensor-parallel-size)")
     if parallel.decode_context_parallel_size > 1 or parallel.prefill_context_parallel_size > 1:

@@ -37,3 +37,35 @@ def test_cpu_views_match_reshape_and_cache(dtype, head_size):
 def test_unsupported_isa_is_refused():
     with pytest.raises(NotImplementedError, match="amx"):
         kv_layout.cpu_views(torch.zeros(1, 1, 32, 64), "amx")
+
+
+@pytest.mark.parametrize("kv_cache_dtype", ["fp8", "fp8_e4m3", "fp8_e5m2"])
+def test_fp8_caches_share_the_layout_and_dequantize(kv_cache_dtype):
+    """fp8 caches: same tile layout, one byte per entry; `dequantize` gives
+    back what the kernel stored, which is x / scale rounded toward zero (the
+    rule the HF reference's fp8 mode, plphp_dev/kv_quant.py, applies)."""
+    from vllm import _custom_ops as ops
+    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+    from plphp_dev.kv_quant import quantize_toward_zero
+
+    nb, heads, bs, head_size, scale = 4, 2, 32, 64, 0.5
+    try:
+        isa = _get_attn_isa(torch.float32, bs, head_size, kv_cache_dtype)
+    except NotImplementedError as e:  # no AVX-512 / AMX: vLLM refuses fp8 itself
+        pytest.skip(str(e))
+    kv = torch.zeros(nb, heads, bs, 2 * head_size, dtype=torch.uint8)
+    key_cache, value_cache = kv.view(nb, heads, 2 * bs, head_size).chunk(2, dim=2)
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(70, heads, head_size, generator=g) * 3
+    v = torch.randn(70, heads, head_size, generator=g) * 3
+    slots = torch.randperm(nb * bs, generator=g)[:70]
+    ops.cpu_attn_reshape_and_cache(k, v, key_cache, value_cache, slots, isa,
+                                   k_scale=scale, v_scale=scale, kv_cache_dtype=kv_cache_dtype)
+    kview, vview = kv_layout.cpu_views(kv, isa)
+    blocks, offsets = slots // bs, slots % bs
+    fmt = kv_layout.FP8_DTYPES[kv_cache_dtype]
+    for view, x in ((kview, k), (vview, v)):
+        got = kv_layout.dequantize(view[blocks, :, offsets], kv_cache_dtype, scale, torch.float32)
+        assert torch.equal(got, quantize_toward_zero(x, fmt, scale))
+        assert not torch.equal(got, (x / scale).to(fmt).float() * scale)  # not round-to-nearest

@@ -29,7 +29,7 @@ def config(**changes):
 CASES = {
     "model_config.use_mla": (True, "MLA"),
     "speculative_config": (object(), "speculative decoding"),
-    "cache_config.cache_dtype": ("fp8", "kv_cache_dtype 'fp8'"),
+    "cache_config.cache_dtype": ("fp8_inc", "kv_cache_dtype 'fp8_inc'"),
     "parallel_config.pipeline_parallel_size": (2, "pipeline parallelism"),
     "parallel_config.decode_context_parallel_size": (2, "context parallelism"),
     "parallel_config.prefill_context_parallel_size": (2, "context parallelism"),
@@ -61,3 +61,15 @@ def test_other_platforms_refused(monkeypatch):
     monkeypatch.setattr(current_platform, "is_cpu", lambda: False)
     monkeypatch.setattr(current_platform, "is_cuda", lambda: False)
     assert any("CPU_ATTN on CPU and FLASH_ATTN on NVIDIA CUDA only" in r for r in _refusals(config()))
+
+
+@pytest.mark.parametrize("dtype", ["auto", "fp8", "fp8_e4m3", "fp8_e5m2"])
+def test_fp8_kv_caches_of_the_wrapped_backend_pass(dtype):
+    assert _refusals(config(**{"cache_config.cache_dtype": dtype})) == []
+
+
+@pytest.mark.parametrize("dtype", ["fp8_per_token_head", "int8", "bfloat16"])
+def test_kv_cache_dtypes_plphp_cannot_read_are_refused(dtype):
+    """bfloat16: not a CPU_ATTN cache dtype; the others: scales PLPHP does not read."""
+    assert any(f"kv_cache_dtype {dtype!r}" in r and "CPU_ATTN" in r
+               for r in _refusals(config(**{"cache_config.cache_dtype": dtype})))
