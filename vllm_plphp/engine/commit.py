@@ -38,7 +38,8 @@ def apply_output(scheduler, data: dict | None) -> None:
     freed = commit_prunes(scheduler, data["events"]) if data["events"] else 0
     stats = getattr(scheduler, "plphp_stats", None)
     if stats is None:
-        stats = scheduler.plphp_stats = EngineStats()
+        rank = scheduler.vllm_config.parallel_config.data_parallel_rank
+        stats = scheduler.plphp_stats = EngineStats(dp_rank=rank)
     if data["stats"] or freed:
         stats.add(data["stats"], freed)
 

@@ -1,11 +1,17 @@
 """Engine-core PLPHP totals (what `vllm_plphp.frontend.metrics` shows on
-`/metrics`): the scheduler adds each step's worker counts and freed blocks and
-writes the totals to a small JSON file (atomically) whose path is chosen where
-the engine's config is built (`new_stats_path`) and passed on through the
-environment (`VLLM_PLPHP_STATS_FILE`) to the engine core spawned after it."""
+`/metrics`): each engine core's scheduler adds each step's worker counts and
+freed blocks and writes its totals to its own small JSON file (atomically).
+The files of one engine share a prefix chosen where the engine's config is
+built (`new_stats_path`) and passed on through the environment
+(`VLLM_PLPHP_STATS_FILE`) to the engine cores spawned after it; core r of a
+data-parallel engine writes `<prefix>.core<r>.json` (`core_file`), and the
+API server's collector sums the cores' files (`read_totals`). The process that
+chose the prefix removes the files when it exits."""
 
 from __future__ import annotations
 
+import atexit
+import glob
 import json
 import os
 import tempfile
@@ -20,28 +26,68 @@ _count = 0
 
 
 def stats_path() -> str:
-    """The stats file of the engine this process creates or runs."""
+    """The stats prefix of the engine this process creates or runs."""
     return os.environ.get(ENV) or new_stats_path()
 
 
 def new_stats_path() -> str:
-    """A fresh stats file for an engine about to be created here (called where
-    its config is built, before the engine core is spawned, which inherits it
-    through the environment; the API server's collector reads the variable at
-    scrape time). One file per engine: servers started from a process that
-    ran engines of its own do not share that process's file."""
+    """A fresh stats prefix for an engine about to be created here (called
+    where its config is built, before the engine cores are spawned, which
+    inherit it through the environment; the API server's collector reads the
+    variable at scrape time). One prefix per engine: servers started from a
+    process that ran engines of its own do not share that process's files."""
     global _count
     _count += 1
-    path = os.path.join(tempfile.gettempdir(), f"vllm-plphp-stats-{os.getpid()}-{_count}.json")
+    path = os.path.join(tempfile.gettempdir(), f"vllm-plphp-stats-{os.getpid()}-{_count}")
     os.environ[ENV] = path
+    atexit.register(remove_files, path)
     return path
+
+
+def core_file(prefix: str, dp_rank: int) -> str:
+    """The file engine core `dp_rank` (data-parallel rank; 0 without DP) writes."""
+    return f"{prefix}.core{dp_rank}.json"
+
+
+def core_files(prefix: str) -> list[str]:
+    return sorted(glob.glob(glob.escape(prefix) + ".core*.json"))
+
+
+def remove_files(prefix: str) -> None:
+    for path in core_files(prefix):
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+def empty() -> dict:
+    return {"totals": {n: 0 for n in COUNTERS}, "buckets": [0] * len(BUCKETS),
+            "rate_sum": 0.0, "rate_count": 0}
+
+
+def read_totals(prefix: str) -> dict:
+    """The sum over the engine's cores of what their files hold."""
+    out = empty()
+    for path in core_files(prefix):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError):  # a core that has not written yet
+            continue
+        for name in COUNTERS:
+            out["totals"][name] += data["totals"].get(name, 0)
+        out["buckets"] = [a + b for a, b in zip(out["buckets"], data["buckets"])]
+        out["rate_sum"] += data["rate_sum"]
+        out["rate_count"] += data["rate_count"]
+    return out
 
 
 class EngineStats:
     """Engine-core totals; `add` merges one step's worker stats and freed blocks."""
 
-    def __init__(self, path: str | None = None):
-        self.path = path or stats_path()
+    def __init__(self, path: str | None = None, dp_rank: int = 0):
+        self.path = path or core_file(stats_path(), dp_rank)
         self.totals = {name: 0 for name in COUNTERS}
         self.buckets = [0] * len(BUCKETS)
         self.rate_sum = 0.0

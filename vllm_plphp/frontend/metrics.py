@@ -1,12 +1,13 @@
 """PLPHP metrics in vLLM's Prometheus namespace, on the server's `/metrics`.
 
-The counts arise in the engine core (the scheduler applies the worker's prune
-events) but `/metrics` is served by the API server process. The engine core
-writes its totals to a small JSON file (atomically, at most twice a second);
-a Prometheus collector registered in the API server reads it at scrape time.
-The file path is chosen by the first process that registers the plugin and
-passed on through the environment (`VLLM_PLPHP_STATS_FILE`), which the engine
-core inherits.
+The counts arise in the engine cores (each scheduler applies its worker's
+prune events) but `/metrics` is served by the API server process. Each engine
+core writes its totals to its own small JSON file (atomically, on the steps
+that prune); a Prometheus collector registered in the API server sums them at
+scrape time, so a data-parallel server shows the sum over its cores. The file
+prefix is chosen where the engine's config is built and passed on through the
+environment (`VLLM_PLPHP_STATS_FILE`), which the engine cores inherit
+(`vllm_plphp.engine.stats`).
 
 Metrics:
   vllm:plphp_requests_pruned_total     requests whose prefill was pruned
@@ -19,14 +20,13 @@ Metrics:
 
 from __future__ import annotations
 
-import json
 import os
 
-from vllm_plphp.engine.stats import BUCKETS, COUNTERS, ENV, stats_path
+from vllm_plphp.engine.stats import BUCKETS, COUNTERS, ENV, read_totals, stats_path
 
 
 class PlphpCollector:
-    """Prometheus collector for the API server: reads the engine's stats file."""
+    """Prometheus collector for the API server: sums the engine cores' stats files."""
 
     def __init__(self, path: str):
         self.path = path
@@ -34,14 +34,9 @@ class PlphpCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
-        # the engine's file: its config was built in this process after the
+        # the engine's files: its config was built in this process after the
         # collector was registered (vllm_plphp.engine.stats.new_stats_path)
-        try:
-            with open(os.environ.get(ENV) or self.path) as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            data = {"totals": {n: 0 for n in COUNTERS}, "buckets": [0] * len(BUCKETS),
-                    "rate_sum": 0.0, "rate_count": 0}
+        data = read_totals(os.environ.get(ENV) or self.path)
         for name in COUNTERS:
             yield CounterMetricFamily(f"vllm:plphp_{name}", f"PLPHP {name.replace('_', ' ')}",
                                       value=data["totals"].get(name, 0))
