@@ -1,160 +1,256 @@
 """PLPHP reference on HF transformers: the oracle the engine is tested against.
 
-Independent of the engine's paged cache and compaction: the prompt is run in
-full with eager attention; in each layer where the request's policy
-(`vllm_plphp.core.policies`: PLPHP, FastV or VTW) scores, the last prompt token's
-softmax row (from the eager weights) is handed to it (PLPHP: gamma_l, r_l and
-each KV head's kept vision tokens; FastV: the ranking made at layer K-1);
-every later decode step masks, per layer and per KV head, the vision keys
-that head dropped (-inf before the softmax). Masking a key out of
-the softmax equals removing it from the cache, which is what the engine does.
+Written from the paper (PLPHP, arXiv 2502.14504, Sec. 3) and the FastV / VTW
+papers, on HF's own eager attention, sharing no code with the engine: it
+imports nothing from ``vllm_plphp`` (``tests/unit/test_reference_independent.py``
+checks that). Settings come as a plain dict (or any dataclass with the same
+field names, e.g. a ``PlphpConfig``), with the paper's defaults.
 
-Usage: ``ReferenceModel(path, config).generate(prompt, images, max_tokens)``.
+How: the model runs with ``attn_implementation="eager"``. A forward hook on
+each decoder layer's attention module reads the attention weights HF's eager
+attention returns (the tensors ``output_attentions=True`` reports) during the
+prefill: the last prompt token's softmax row per query head. From it, per
+layer, the selection below decides which vision keys each KV head keeps; a
+forward pre-hook then adds, in every later decode step, a per-head mask that
+sets the dropped keys to the dtype's minimum before HF's own softmax. Masking a
+key out of the softmax equals removing it from the cache, which is what the
+engine does.
+
+Selection (P = prompt length, H query heads, Hkv KV heads, G = H / Hkv, item j
+= one image or one video with S_j vision positions):
+- PLPHP, in layers skip_first .. N-1-skip_last (the paper's 3rd to (N-1)th):
+  gamma_l = sum over vision positions k of (1/H) sum_h A[h, S, k];
+  category A if gamma_l >= alpha, I if gamma_l < beta, else B;
+  r_l = r + delta_r (A), r - delta_r (I), r (B), in exact decimal arithmetic;
+  KV head g scores position k by the mean (or max) of A[h, S, k] over its query
+  heads h = g*G .. g*G+G-1 (HF's repeat_kv layout); per item j it keeps the
+  K_j = max(1, floor(r_l * S_j)) best-scored positions, ties going to the
+  lower position; every non-vision position is kept.
+- FastV: layer K-1's row averaged over all heads ranks all vision positions
+  together; every head of every layer >= K keeps the top floor((1-R) * S).
+- VTW: every layer >= K drops all vision positions.
+
+Usage: ``ReferenceModel(path).generate(prompt, images, max_tokens, settings)``;
+``videos=[...]`` for video items.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import torch
 
-from vllm_plphp.config import PlphpConfig
-from vllm_plphp.core.policies import LayerScores, make_policy
+IMPL_NAME = "eager"  # HF's own eager attention; nothing registered
 
-IMPL_NAME = "plphp_reference"
+DEFAULTS = dict(r=0.4, delta_r=0.3, alpha=0.25, beta=0.1, gqa_reduce="mean",
+                skip_first=2, skip_last=1, policy="plphp", k=2, fastv_r=0.5)
+
+_ATTN_NAME = re.compile(r"(?:^|\.)(?:language_model|text_model)\.(?:model\.)?layers\.(\d+)\.self_attn$")
+
+
+def settings_dict(config) -> dict | None:
+    """The selection settings as a plain dict (None: stock, nothing pruned)."""
+    if config is None:
+        return None
+    values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return {**DEFAULTS, **values}
+
+
+def _exact(x: float) -> Fraction:
+    return Fraction(repr(float(x)))  # the decimal the user wrote (0.4, not 0.40000000000000002)
+
+
+def layer_category(gamma: float, s: dict) -> str:
+    if gamma >= s["alpha"]:
+        return "A"
+    return "I" if gamma < s["beta"] else "B"
+
+
+def layer_rate(gamma: float, s: dict) -> Fraction:
+    r, dr = _exact(s["r"]), _exact(s["delta_r"])
+    return {"A": r + dr, "I": r - dr, "B": r}[layer_category(gamma, s)]
+
+
+def kept_count(rate: Fraction, size: int) -> int:
+    """K_j = max(1, floor(r_l * S_j))."""
+    return max(1, math.floor(rate * size))
+
+
+def top_positions(scores: torch.Tensor, positions: torch.Tensor, k: int) -> torch.Tensor:
+    """The k positions with the highest scores; ties go to the lower position."""
+    order = torch.sort(scores[positions].double(), descending=True, stable=True).indices
+    return positions[order[:k]]
+
+
+def plphp_keep(probs: torch.Tensor, items: list[torch.Tensor], num_kv_heads: int, s: dict):
+    """probs: (H, P) HF attention rows of the last prompt token in one layer.
+    Returns (keep (Hkv, P) bool, gamma, rate)."""
+    num_heads, prompt_len = probs.shape
+    group = num_heads // num_kv_heads
+    vision = torch.cat(items)
+    gamma = float(probs[:, vision].double().sum() / num_heads)
+    rate = layer_rate(gamma, s)
+    keep = torch.ones(num_kv_heads, prompt_len, dtype=torch.bool)
+    for g in range(num_kv_heads):
+        rows = probs[g * group:(g + 1) * group].double()  # this KV head's query heads
+        score = rows.mean(0) if s["gqa_reduce"] == "mean" else rows.max(0).values
+        for positions in items:
+            keep[g, positions] = False
+            keep[g, top_positions(score, positions, kept_count(rate, positions.numel()))] = True
+    return keep, gamma, rate
+
+
+def fastv_keep(probs: torch.Tensor, items: list[torch.Tensor], s: dict):
+    """Layer K-1's rows (H, P) -> (keep (P,) bool shared by all heads, rate)."""
+    vision = torch.cat(items)
+    n_keep = math.floor((1 - _exact(s["fastv_r"])) * vision.numel())
+    keep = torch.ones(probs.shape[1], dtype=torch.bool)
+    keep[vision] = False
+    keep[top_positions(probs.double().mean(0), vision, n_keep)] = True
+    return keep, n_keep / max(1, vision.numel())
 
 
 @dataclass
 class _Run:
-    config: PlphpConfig | None
+    settings: dict | None
     num_layers: int
-    images: list[torch.Tensor] = field(default_factory=list)  # vision positions
+    images: list[torch.Tensor] = field(default_factory=list)  # vision positions per item
     prompt_len: int = 0
     masks: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (Hkv, P) keep
-    policy: object = None  # the request's policy (holds its notes between layers)
     records: dict[int, dict] = field(default_factory=dict)
+    fastv: tuple | None = None  # (keep (P,), rate) from layer K-1
 
 
-_RUN: _Run | None = None
+def _prunes(layer: int, run: _Run) -> bool:
+    s, n = run.settings, run.num_layers
+    if s["policy"] == "plphp":
+        return s["skip_first"] <= layer < n - s["skip_last"]
+    return layer >= s["k"]
 
 
-def _additive(mask: torch.Tensor | None, dtype) -> torch.Tensor | None:
-    if mask is None or mask.dtype != torch.bool:
-        return mask
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
-        ~mask, torch.finfo(dtype).min
-    )
-
-
-def _attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """query (B, H, q, D); key/value (B, Hkv, k, D). Returns (B, q, H, D), probs."""
-    groups = query.shape[1] // key.shape[1]
-    k = key.repeat_interleave(groups, dim=1)
-    v = value.repeat_interleave(groups, dim=1)
-    logits = torch.matmul(query, k.transpose(2, 3)) * scaling
-    mask = _additive(attention_mask, logits.dtype)
-    if mask is not None:
-        logits = logits + mask[..., : k.shape[-2]]
-    layer = getattr(module, "layer_idx", None)
-    run = _RUN
-    if run is not None and layer is not None and run.config is not None and run.images:
-        if query.shape[2] > 1:
-            _decide(run, layer, logits[0, :, -1].float(), key.shape[1])
-        keep = run.masks.get(layer)
-        if keep is not None and query.shape[2] == 1:
-            full = torch.ones(key.shape[1], k.shape[-2], dtype=torch.bool)
-            full[:, : keep.shape[1]] = keep
-            dropped = ~full.repeat_interleave(groups, dim=0)  # (H, k)
-            logits = logits.masked_fill(dropped[None, :, None, :], float("-inf"))
-    probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
-    out = torch.matmul(probs, v).transpose(1, 2).contiguous()
-    return out, probs
-
-
-def _decide(run: _Run, layer: int, logits: torch.Tensor, num_kv_heads: int) -> None:
-    """logits: (H, P) pre-softmax row of the last prompt token in `layer`."""
-    if run.policy is None:
-        run.policy = make_policy(run.config)
-    policy = run.policy
-    scores = None
-    if policy.scores_layer(layer, run.num_layers):
-        probs = torch.softmax(logits, dim=-1)  # (H, P)
-        vision = torch.cat(run.images)
-        scores = LayerScores(probs, probs[:, vision].mean(0), num_kv_heads)
-        policy.observe(run.images, scores)
-    if not policy.prunes_layer(layer, run.num_layers):
+def _decide(run: _Run, layer: int, probs: torch.Tensor, num_kv_heads: int) -> None:
+    s, prompt_len = run.settings, run.prompt_len
+    gamma = float("nan")
+    if s["policy"] == "fastv" and layer == s["k"] - 1:
+        run.fastv = fastv_keep(probs, run.images, s)
+    if not _prunes(layer, run):
         return
-    choice = policy.choose(run.images, run.prompt_len, num_kv_heads)
-    keep = torch.zeros(num_kv_heads, run.prompt_len, dtype=torch.bool)
-    keep.scatter_(1, choice.keep, True)
+    if s["policy"] == "plphp":
+        keep, gamma, rate = plphp_keep(probs, run.images, num_kv_heads, s)
+    elif s["policy"] == "fastv":
+        row, rate = run.fastv
+        keep = row.expand(num_kv_heads, -1).clone()
+    elif s["policy"] == "vtw":
+        keep = torch.ones(num_kv_heads, prompt_len, dtype=torch.bool)
+        keep[:, torch.cat(run.images)] = False
+        rate = 0.0
+    else:
+        raise ValueError(f"unknown policy {s['policy']!r}")
     run.masks[layer] = keep
-    run.records[layer] = {
-        "gamma": scores.gamma if scores is not None else float("nan"),
-        "rate": choice.rate,
-        "kept": choice.keep.shape[1],
-    }
-
-
-def _register() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-    AttentionInterface.register(IMPL_NAME, _attention)
-    AttentionMaskInterface.register(IMPL_NAME, eager_mask)
+    run.records[layer] = {"gamma": gamma, "rate": float(rate), "kept": int(keep[0].sum())}
 
 
 class ReferenceModel:
-    """A fixture (or any LLaVA / Qwen2-VL checkpoint) with PLPHP by masking."""
+    """An HF image-text-to-text checkpoint with PLPHP / FastV / VTW by masking."""
 
     def __init__(self, path: str, dtype=torch.float32):
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-        _register()
         self.processor = AutoProcessor.from_pretrained(path)
         hf_config = AutoConfig.from_pretrained(path)
         self.model_type = hf_config.model_type
         self.model = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=dtype, attn_implementation="eager"
-        ).eval()
-        text_config = self.model.config.get_text_config()
-        text_config._attn_implementation = IMPL_NAME
-        self.num_layers = text_config.num_hidden_layers
-        self.image_token_id = getattr(
-            self.model.config, "image_token_id", getattr(self.model.config, "image_token_index", None)
-        )
+            path, dtype=dtype, attn_implementation="eager").eval()
+        self.num_layers = self.model.config.get_text_config().num_hidden_layers
+        cfg = self.model.config
+        self.image_token_id = getattr(cfg, "image_token_id", getattr(cfg, "image_token_index", None))
+        self.video_token_id = getattr(cfg, "video_token_id", getattr(cfg, "video_token_index", None))
         self.model.generation_config.eos_token_id = None
         self.model.generation_config.pad_token_id = 0
+        self._run: _Run | None = None
+        layers = []
+        for name, module in self.model.named_modules():
+            m = _ATTN_NAME.search(name)
+            if m:
+                layer = int(m.group(1))
+                layers.append(layer)
+                module.register_forward_pre_hook(self._pre_hook(layer), with_kwargs=True)
+                module.register_forward_hook(self._post_hook(layer), with_kwargs=True)
+        assert sorted(layers) == list(range(self.num_layers)), layers
 
-    def _image_positions(self, inputs) -> list[torch.Tensor]:
+    def _post_hook(self, layer: int):
+        def hook(module, args, kwargs, output):
+            run = self._run
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            if run is None or run.settings is None or not run.images or hidden.shape[1] == 1:
+                return None
+            weights = output[1]  # HF eager's softmax probabilities, (B, H, q, k)
+            probs = weights[0, :, -1, : run.prompt_len].float()
+            _decide(run, layer, probs, probs.shape[0] // module.num_key_value_groups)
+            return None
+        return hook
+
+    def _pre_hook(self, layer: int):
+        def hook(module, args, kwargs):
+            run = self._run
+            keep = run.masks.get(layer) if run is not None else None
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            if keep is None or hidden.shape[1] != 1:
+                return None
+            mask = kwargs["attention_mask"]  # eager: additive (B, 1, q, k)
+            dropped = ~keep.repeat_interleave(module.num_key_value_groups, dim=0)  # (H, P)
+            if mask.dtype == torch.bool:
+                mask = torch.zeros(mask.shape, dtype=hidden.dtype).masked_fill(~mask, torch.finfo(hidden.dtype).min)
+            per_head = mask.expand(mask.shape[0], dropped.shape[0], *mask.shape[2:]).clone()
+            per_head[..., : dropped.shape[1]].masked_fill_(dropped[None, :, None, :], torch.finfo(per_head.dtype).min)
+            return args, {**kwargs, "attention_mask": per_head}
+        return hook
+
+    def _item_positions(self, inputs) -> list[torch.Tensor]:
+        """Per image / video item, its vision-token positions, in prompt order."""
         ids = inputs["input_ids"][0]
-        positions = torch.nonzero(ids == self.image_token_id)[:, 0]
-        if positions.numel() == 0:
-            return []
-        if "image_grid_thw" in inputs:  # Qwen2-VL: t*h*w / merge^2 tokens per image
-            merge = self.processor.image_processor.merge_size ** 2
-            sizes = (inputs["image_grid_thw"].prod(-1) // merge).tolist()
-        else:
-            n = len(inputs["pixel_values"])
-            sizes = [positions.numel() // n] * n
-        return list(torch.split(positions, sizes))
+        items = []
+        for token, grid, values in ((self.image_token_id, "image_grid_thw", "pixel_values"),
+                                    (self.video_token_id, "video_grid_thw", "pixel_values_videos")):
+            if token is None:
+                continue
+            positions = torch.nonzero(ids == token)[:, 0]
+            if positions.numel() == 0:
+                continue
+            if grid in inputs:  # Qwen-VL: t*h*w / merge^2 tokens per item
+                merge = self.processor.image_processor.merge_size ** 2
+                sizes = (inputs[grid].prod(-1) // merge).tolist()
+            else:
+                n = len(inputs[values])
+                sizes = [positions.numel() // n] * n
+            items += list(torch.split(positions, sizes))
+        return sorted(items, key=lambda p: int(p[0]))
+
+    _image_positions = _item_positions  # (older name, used by tests)
 
     @torch.no_grad()
-    def generate(self, prompt: str, images=None, max_tokens: int = 16, config: PlphpConfig | None = None):
-        """Greedy token ids of PLPHP (or stock, with config=None) after `prompt`.
+    def generate(self, prompt: str, images=None, max_tokens: int = 16, config=None, videos=None):
+        """Greedy token ids with the policy of `config` (None: stock) after `prompt`.
 
         Returns (token_ids, records) where records[layer] = {gamma, rate, kept}.
         """
-        global _RUN
-        inputs = self.processor(text=[prompt], images=images or None, return_tensors="pt")
-        run = _Run(config=config, num_layers=self.num_layers)
-        run.images = self._image_positions(inputs)
+        kwargs = {"text": [prompt], "return_tensors": "pt"}
+        if images:
+            kwargs["images"] = images
+        if videos:
+            kwargs["videos"] = videos
+        inputs = self.processor(**kwargs)
+        run = _Run(settings=settings_dict(config), num_layers=self.num_layers)
+        run.images = self._item_positions(inputs)
         run.prompt_len = inputs["input_ids"].shape[1]
-        _RUN = run
+        self._run = run
         try:
-            out = self.model.generate(
-                **inputs, max_new_tokens=max_tokens, min_new_tokens=0, do_sample=False
-            )
+            out = self.model.generate(**inputs, max_new_tokens=max_tokens, min_new_tokens=0, do_sample=False)
         finally:
-            _RUN = None
+            self._run = None
         self.last_run = run  # masks per layer, for tests
-        return out[0, run.prompt_len :].tolist(), run.records
+        return out[0, run.prompt_len:].tolist(), run.records
