@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from vllm_plphp.config import PlphpConfig, from_vllm_config
+from vllm_plphp.frontend.models import model_refusals
 
 
 class PlphpUnsupportedError(ValueError):
@@ -38,9 +39,7 @@ def _refusals(vllm_config) -> list[str]:
     if not (current_platform.is_cpu() or current_platform.is_cuda()):
         out.append(f"platform {current_platform.device_name!r}: PLPHP wraps CPU_ATTN on "
                    "CPU and FLASH_ATTN on NVIDIA CUDA only")
-    if model is not None and model.use_mla:
-        out.append("MLA models (latent KV caches have no per-head entries to prune); "
-                   "use the model's default attention backend")
+    out += model_refusals(model)  # MLA, cross-attention, hybrid, chunked, sliding (models.py)
     if current_platform.is_cuda() and model is not None and model.dtype == torch.float32:
         out.append("float32 on CUDA (the wrapped FLASH_ATTN kernel takes fp16/bf16); "
                    "pass --dtype bfloat16 or --dtype float16")
