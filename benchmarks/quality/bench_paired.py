@@ -1,0 +1,196 @@
+"""Quality of PLPHP, its two ablations, FastV and VTW on the trained model,
+with paired intervals against stock (the quality section of RESULTS.md).
+
+    nice -n 10 .venv/bin/python benchmarks/quality/bench_paired.py \\
+        [--n-plain 200] [--n-chat 120] [--raw benchmarks/quality/paired_raw.json]
+    .venv/bin/python benchmarks/quality/bench_paired.py --report-only   # tables from --raw
+
+Two prompt suites, both from held-out data (split "test"):
+- plain: the task prompts (`plphp_dev.quality.tasks`), n per task;
+- chat: a system prompt plus the earlier turns of a held-out conversation,
+  the last turn scored (`plphp_dev.quality.chat`), n per conversation kind.
+  Here the last prompt token's vision share gamma_l falls below alpha = 0.25
+  in some layers, so PLPHP's layer rule acts.
+
+One stock `vllm.LLM` and one `--attention-backend plphp` engine (offline,
+CPU, float32, greedy, 40 tokens); every pruning setting is a per-request
+override on the PLPHP engine. Settings: PLPHP at the paper's r = 0.3/0.4/0.5
+(delta_r 0.3, alpha 0.25, beta 0.1); "shared heads" = PLPHP with per_head=False
+(every KV head keeps the same tokens, same counts, so the same KV); "uniform"
+(chat suite) = PLPHP with delta_r=0 and, per request, r = the mean r_l PLPHP
+chose for that request (the same KV up to rounding, no layer rule); FastV and
+VTW curves. Per example it keeps score, answer tokens, finish reason, vision
+retention (kept vision tokens per layer, unpruned layers 1.0, averaged over all
+layers), KV entries vs stock at the end of prefill (all layers have the same
+entry size, so this is the KV-bytes ratio), KV blocks vs stock (what the block
+pool frees, block size of the engine) and each pruned layer's category
+(A attentive, B balanced, I indifferent). Raw figures go to --raw after every
+setting; the report (`paired_report.py`) works from that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+MODEL = ROOT / "plphp_dev" / "quality" / "model"
+RAW = HERE / "paired_raw.json.gz"
+MAX_TOKENS = 40
+
+
+def plphp(r, **kw):
+    return {"policy": "plphp", "r": r, "delta_r": 0.3, "alpha": 0.25, "beta": 0.1, **kw}
+
+
+def plain_settings(num_layers: int) -> dict:
+    out = {"stock": None}
+    for r in (0.3, 0.4, 0.5):
+        out[f"plphp r={r}"] = plphp(r)
+    out["shared heads r=0.4"] = plphp(0.4, per_head=False)
+    for k, ratio in ((2, 0.75), (3, 0.5), (3, 0.25), (3, 0.1)):
+        out[f"fastv K={k} R={ratio}"] = {"policy": "fastv", "k": k, "fastv_r": ratio}
+    for k in sorted({2, num_layers // 2, num_layers - 2, num_layers - 1}):
+        out[f"vtw K={k}"] = {"policy": "vtw", "k": k}
+    return out
+
+
+def chat_settings() -> dict:
+    out = {"stock": None}
+    for r in (0.3, 0.4, 0.5):
+        out[f"plphp r={r}"] = plphp(r)
+        out[f"uniform r={r}"] = ("uniform", f"plphp r={r}")  # rates from that run
+    out["shared heads r=0.4"] = plphp(0.4, per_head=False)
+    return out
+
+
+def suites(n_plain: int, n_chat: int, seed: int) -> dict:
+    from plphp_dev.quality.chat import chat_examples
+    from plphp_dev.quality.tasks import make_examples, prompt_text
+
+    plain = [(e.task, prompt_text(e), e.images, e.answer) for e in make_examples("test", n_plain, seed)]
+    chat = [(e.task, e.prompt, e.images, e.answer) for e in chat_examples(n_chat, seed)]
+    return {"chat": chat, "plain": plain}
+
+
+def make_engine(plphp_backend: bool):
+    from vllm import LLM
+
+    kw = dict(model=str(MODEL), dtype="float32", max_model_len=1024,
+              kv_cache_memory_bytes=256 << 20, limit_mm_per_prompt={"image": 3},
+              disable_log_stats=True, seed=0, enable_prefix_caching=False)
+    if plphp_backend:
+        kw.update(attention_backend="plphp", additional_config={"plphp": {}},
+                  worker_extension_cls="vllm_plphp.worker.extension.PlphpWorkerExtension")
+    return LLM(**kw)
+
+
+def run_setting(llm, items, overrides, num_layers: int, block: int) -> dict:
+    """overrides: one per item (None: stock / no override)."""
+    from vllm import SamplingParams
+
+    from vllm_plphp.config import PlphpConfig
+    from vllm_plphp.core.policies import mean_retention
+    from plphp_dev.quality.tasks import score
+
+    params = [SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS,
+                             extra_args=None if o is None else {"plphp": o}) for o in overrides]
+    prompts = [{"prompt": p, "multi_modal_data": {"image": list(im)}} for _, p, im, _ in items]
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    records = {}
+    if any(o is not None for o in overrides):
+        records = llm.collective_rpc("plphp_records", args=([o.request_id for o in outs],))[0]
+    cfg = PlphpConfig()
+    res = {k: [] for k in ("score", "tokens", "eos", "retention", "kv", "kv_blocks", "cats",
+                           "rate", "text")}
+    for (task, _, _, answer), out in zip(items, outs):
+        o = out.outputs[0]
+        rec = {int(l): r for l, r in (records.get(out.request_id) or {}).items()}
+        total = len(out.prompt_token_ids)
+        kept = [rec[l]["kept"] if l in rec else total for l in range(num_layers)]
+        res["score"].append(score(task, o.text.strip(), answer))
+        res["tokens"].append(len(o.token_ids))
+        res["eos"].append(o.finish_reason == "stop")
+        res["text"].append(o.text.strip())
+        res["retention"].append(mean_retention(
+            {l: r["vision_kept"] / r["vision"] for l, r in rec.items()}, num_layers))
+        res["kv"].append(sum(kept) / (num_layers * total))
+        res["kv_blocks"].append(sum(math.ceil(k / block) for k in kept)
+                                / (num_layers * math.ceil(total / block)))
+        gammas = [rec[l]["gamma"] for l in sorted(rec)]
+        res["cats"].append("".join(cfg.category(g) if g == g else "-" for g in gammas))
+        rates = [rec[l]["rate"] for l in sorted(rec)]
+        res["rate"].append(sum(rates) / len(rates) if rates else 1.0)
+    return res
+
+
+def save_raw(path: str, raw: dict) -> None:
+    data = json.dumps(raw).encode()
+    Path(path).write_bytes(gzip.compress(data, mtime=0) if path.endswith(".gz") else data)
+
+
+def load_raw(path: str) -> dict:
+    data = Path(path).read_bytes()
+    return json.loads(gzip.decompress(data) if path.endswith(".gz") else data)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-plain", type=int, default=200, help="examples per task (plain suite)")
+    ap.add_argument("--n-chat", type=int, default=150, help="conversations per kind (chat suite)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--raw", default=str(RAW))
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(HERE))
+    from paired_report import report
+
+    if args.report_only:
+        report(load_raw(args.raw))
+        return
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    from transformers import AutoConfig
+
+    num_layers = AutoConfig.from_pretrained(MODEL).text_config.num_hidden_layers
+    items = suites(args.n_plain, args.n_chat, args.seed)
+    plan = {"chat": chat_settings(), "plain": plain_settings(num_layers)}  # chat first: the ablations
+    raw = {"args": vars(args), "num_layers": num_layers,
+           "suites": {s: {"task": [it[0] for it in items[s]], "answer": [it[3] for it in items[s]],
+                          "settings": {}} for s in items}}
+    llm = None
+    for backend in (False, True):
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+        llm = make_engine(backend)
+        block = llm.llm_engine.vllm_config.cache_config.block_size
+        raw["block_size"] = block
+        for suite, settings in plan.items():
+            done = raw["suites"][suite]["settings"]
+            for name, override in settings.items():
+                if (override is None) == backend:
+                    continue
+                if isinstance(override, tuple):  # uniform: PLPHP's mean r_l per request
+                    r_mean = done[override[1]]["rate"]
+                    per_item = [{"policy": "plphp", "r": round(r, 6), "delta_r": 0.0} for r in r_mean]
+                else:
+                    per_item = [override] * len(items[suite])
+                start = time.perf_counter()
+                done[name] = run_setting(llm, items[suite], per_item, num_layers, block)
+                print(f"[{suite} / {name}] {len(items[suite])} prompts, "
+                      f"{time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+                save_raw(args.raw, raw)
+    llm.llm_engine.engine_core.shutdown()
+    report(raw)
+
+
+if __name__ == "__main__":
+    main()
