@@ -1,0 +1,128 @@
+"""`vllm serve --attention-backend plphp --distributed-executor-backend ray
+--tensor-parallel-size 2` on a local Ray cluster of two simulated nodes (one
+worker each; tests/support/ray_cpu.py), through the real `openai` client.
+
+PLPHP's `/metrics` counters count each pruned request once, with every
+worker pruning (records read from both ranks through vLLM's dev-mode
+`/collective_rpc`), and the metrics never leave the API server's host: the
+engine core, which applies the workers' prune events and writes the stats
+file, is a local child of `vllm serve`; the workers are Ray actors under the
+nodes' raylets and send their events back only inside the ModelRunnerOutput."""
+
+import glob
+import json
+import os
+import tempfile
+import urllib.request
+
+import psutil
+import pytest
+
+from tests.server import Server, metric_value
+from tests.support import ray_cpu
+from vllm_plphp.engine.stats import COUNTERS
+from vllm_plphp.worker.extension import WORKER_EXT
+from plphp_dev.fixtures.prompts import chat_messages
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def served(llava_path):
+    with ray_cpu.cluster() as local:
+        srv = Server(llava_path, "--tensor-parallel-size", "2",
+                     "--distributed-executor-backend", "ray", "--worker-extension-cls", WORKER_EXT,
+                     plphp={}, env={"VLLM_SERVER_DEV_MODE": "1"}, timeout=600)
+        try:
+            yield srv, local
+        finally:
+            srv.stop()
+
+
+def chat(srv, n_images, seed, max_tokens=6, **kw):
+    return srv.client().chat.completions.create(
+        model="fixture", messages=chat_messages("llava", n_images, seed=seed),
+        max_tokens=max_tokens, temperature=0.0, **kw)
+
+
+def counters(srv) -> dict:
+    text = srv.metrics()
+    out = {name: metric_value(text, f"vllm:plphp_{name}_total") or 0.0 for name in COUNTERS}
+    out["rates"] = metric_value(text, "vllm:plphp_layer_retention_count") or 0.0
+    return out
+
+
+def records_per_rank(srv) -> list[dict]:
+    req = urllib.request.Request(srv.url + "/collective_rpc", method="POST",
+                                 data=json.dumps({"method": "plphp_records"}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.load(r)["results"]
+
+
+@pytest.fixture(scope="module")
+def workload(served, llava_path):
+    """Three pruned requests (1 and 2 images, one streamed), a text-only one
+    and an opted-out one; the first checked against the HF reference."""
+    from vllm_plphp.config import PlphpConfig
+    from plphp_dev.fixtures.prompts import get_prompt
+    from plphp_dev.reference import ReferenceModel
+
+    srv, _ = served
+    before = counters(srv)
+    first = chat(srv, 1, 4, max_tokens=10, extra_body={"return_token_ids": True, "ignore_eos": True})
+    chat(srv, 2, 3)
+    chat(srv, 0, 0)
+    chat(srv, 1, 5, extra_body={"vllm_xargs": {"plphp": "false"}})
+    stream = chat(srv, 1, 7, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    after = counters(srv)
+    choice = first.choices[0]
+    served_tokens = getattr(choice, "token_ids", None) or choice.model_extra["token_ids"]
+    expected, _ = ReferenceModel(llava_path).generate(*get_prompt("llava", 1, 4), 10, PlphpConfig())
+    return {k: after[k] - before[k] for k in after}, served_tokens, expected
+
+
+def test_served_tokens_equal_the_reference(workload):
+    _, served_tokens, expected = workload
+    assert served_tokens == expected
+
+
+def test_counters_count_each_pruned_request_once(served, workload):
+    srv, _ = served
+    delta, _, _ = workload
+    rank0, rank1 = records_per_rank(srv)
+    assert rank0 == rank1  # the worker on the other node pruned every request too
+    assert len(rank0) == 3
+    assert delta["requests_pruned"] == 3  # not 6: one count per request, not per rank
+    assert delta["requests_skipped"] == 1
+    layers = [rec for req in rank0.values() for rec in req.values()]
+    assert delta["vision_tokens_seen"] == sum(r["vision"] for r in layers)
+    assert delta["vision_tokens_kept"] == sum(r["vision_kept"] for r in layers)
+    assert 0 < delta["vision_tokens_kept"] < delta["vision_tokens_seen"]
+    assert delta["rates"] == len(layers)
+    assert delta["kv_blocks_freed"] > 0
+
+
+def test_stats_stay_on_the_api_servers_host(served, workload):
+    """The engine core is a child of `vllm serve` (this host); the workers are
+    Ray actors under the two nodes' raylets; the stats file the collector
+    reads is the engine core's, named by the API server's pid."""
+    srv, local = served
+    server = psutil.Process(srv.proc.pid)
+    below_server = {p.pid for p in server.children(recursive=True)}
+    cores = [p for p in server.children(recursive=True) if "EngineCore" in p.name()]
+    assert len(cores) == 1
+    workers = {}
+    for node in [local.head_node, *local.worker_nodes]:
+        raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+        workers[node.node_id] = [p.pid for p in raylet.children(recursive=True)
+                                 if "RayWorkerProc" in " ".join(p.cmdline()) + p.name()]
+    assert sorted(len(w) for w in workers.values()) == [1, 1]  # one worker per node
+    assert not below_server & {pid for w in workers.values() for pid in w}
+    files = glob.glob(os.path.join(tempfile.gettempdir(), f"vllm-plphp-stats-{srv.proc.pid}-*.json"))
+    assert len(files) == 1
+    with open(files[0]) as f:
+        totals = json.load(f)["totals"]
+    now = counters(srv)
+    assert {k: float(totals[k]) for k in COUNTERS} == {k: now[k] for k in COUNTERS}
