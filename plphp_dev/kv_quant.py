@@ -48,7 +48,9 @@ def use_fp8_kv(model, kv_cache_dtype: str) -> None:
     """Make the language model of an HF VLM attend over fp8-quantized K/V
     (vision tower untouched). The attention weights it reports stay HF eager's."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
     name = f"plphp_ref_{kv_cache_dtype}"
     AttentionInterface.register(name, _attention(FORMATS[kv_cache_dtype]))
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["eager"])  # eager's masks
     model.config.get_text_config()._attn_implementation = name
