@@ -14,6 +14,7 @@ Metrics:
   vllm:plphp_requests_skipped_total    image requests that opted out ("plphp": false)
   vllm:plphp_vision_tokens_seen_total  vision tokens entering pruned layers (per layer)
   vllm:plphp_vision_tokens_kept_total  of those, kept per KV head (per layer)
+  vllm:plphp_video_tokens_seen_total   of the vision tokens seen, those of video items
   vllm:plphp_kv_blocks_freed_total     KV blocks returned to the pool by pruning
   vllm:plphp_layer_retention           histogram of the chosen r_l per (request, layer)
 """
@@ -50,12 +51,17 @@ class PlphpCollector:
 _collector_registered = False
 
 
+def add_collector(registry) -> None:
+    registry.register(PlphpCollector(stats_path()))
+
+
 def register_collector() -> None:
-    """In the API server process: expose the engine's PLPHP stats on /metrics."""
+    """In the API server process: expose the engine's PLPHP stats on /metrics
+    (a multiprocess registry gets its own: vllm_plphp/patches/v1_metrics_prometheus.py)."""
     global _collector_registered
     if _collector_registered:
         return
     from prometheus_client import REGISTRY
 
-    REGISTRY.register(PlphpCollector(stats_path()))
+    add_collector(REGISTRY)
     _collector_registered = True

@@ -32,7 +32,12 @@ def _create_engine_config(self, *args, **kwargs):
     vllm_config = original(EngineArgs, "create_engine_config")(self, *args, **kwargs)
     if plphp_selected(vllm_config):
         validate_engine_config(vllm_config)
-        new_stats_path()  # this engine's metrics file, inherited by its engine core
+        parallel = vllm_config.parallel_config
+        if not (parallel._api_process_count > 1 and parallel._api_process_rank >= 0):
+            # this engine's metrics files, inherited by its engine cores; an API
+            # server of a scale-out (--api-server-count, data parallel) keeps the
+            # prefix the process that spawned the engine cores chose
+            new_stats_path()
     return vllm_config
 
 
