@@ -1,7 +1,10 @@
 """`vllm-plphp` command line: `inspect` one prefill of a model with PLPHP.
 
-  vllm-plphp inspect --model M --image IMG [--prompt TEXT] [--layer L]
+  vllm-plphp inspect --model M (--image IMG | --video VIDEO) [--prompt TEXT] [--layer L]
                      [--plphp JSON] [--out inspect.png] [--json out.json]
+
+VIDEO: a video file (read with OpenCV), a .npy array (frames, height, width, 3)
+of uint8 RGB, or a folder of frame images (sorted by name).
 
 Runs one request through the real engine with `--attention-backend plphp`,
 prints per layer: gamma_l, category, r_l, kept/total entries; and writes a PNG
@@ -24,8 +27,49 @@ def _category(gamma: float, config) -> str:
     return {"A": "attentive", "I": "indifferent", "B": "balanced"}[config.category(gamma)]
 
 
-def run_inspect(args) -> dict:
+def load_video(path: str):
+    """(frames, height, width, 3) uint8 RGB from a video file, .npy or frame folder."""
+    import os
+
+    import numpy as np
     from PIL import Image
+
+    if path.endswith(".npy"):
+        return np.load(path)
+    if os.path.isdir(path):
+        names = sorted(os.listdir(path))
+        return np.stack([np.asarray(Image.open(os.path.join(path, n)).convert("RGB")) for n in names])
+    import cv2
+
+    cap, frames = cv2.VideoCapture(path), []
+    ok, frame = cap.read()
+    while ok:
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        ok, frame = cap.read()
+    cap.release()
+    if not frames:
+        raise SystemExit(f"vllm-plphp inspect: no frames read from {path}")
+    return np.stack(frames)
+
+
+def _generate(llm, args, params):
+    """One request with the item (image or video), rendered by the model's chat template."""
+    from PIL import Image
+
+    if not args.video:
+        image = Image.open(args.image).convert("RGB")
+        messages = [{"role": "user", "content": [
+            {"type": "image_pil", "image_pil": image}, {"type": "text", "text": args.prompt}]}]
+        return llm.chat(messages, params)[0]
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": args.prompt}]}]
+    tokenizer = llm.get_tokenizer()
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return llm.generate({"prompt_token_ids": ids, "multi_modal_data": {"video": load_video(args.video)}},
+                        params)[0]
+
+
+def run_inspect(args) -> dict:
     from vllm import LLM, SamplingParams
 
     from vllm_plphp.config import from_dict
@@ -36,15 +80,12 @@ def run_inspect(args) -> dict:
     llm = LLM(model=args.model, attention_backend="plphp", additional_config={"plphp": settings},
               worker_extension_cls=WORKER_EXT, dtype=args.dtype, max_model_len=args.max_model_len,
               kv_cache_memory_bytes=args.kv_mib << 20,
-              limit_mm_per_prompt={"image": 1})
+              limit_mm_per_prompt={"video" if args.video else "image": 1})
     try:
-        image = Image.open(args.image).convert("RGB")
-        messages = [{"role": "user", "content": [
-            {"type": "image_pil", "image_pil": image}, {"type": "text", "text": args.prompt}]}]
         num_layers = llm.llm_engine.model_config.hf_text_config.num_hidden_layers
         layer = args.layer if args.layer is not None else num_layers // 2
         llm.collective_rpc("plphp_record_keep", args=(layer,))
-        out = llm.chat(messages, SamplingParams(max_tokens=1, temperature=0))[0]
+        out = _generate(llm, args, SamplingParams(max_tokens=1, temperature=0))
         records = llm.collective_rpc("plphp_records", args=([out.request_id],))[0][out.request_id]
         keep_map = next(iter(llm.collective_rpc("plphp_keep_maps")[0].values()), None)
     finally:
@@ -88,7 +129,7 @@ def plot(result: dict, path: str) -> None:
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("PLPHP: per-layer vision attention and retention")
     if heads:
-        image = km["images"][0]
+        image = km["images"][0]  # (a video's tokens, all frames, make one square)
         side = int(math.isqrt(len(image)))
         index = {p: i for i, p in enumerate(image)}
         for h, kept in enumerate(km["keep"]):
@@ -110,7 +151,9 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="one prefill with PLPHP: per-layer table and a PNG")
     p.add_argument("--model", required=True)
-    p.add_argument("--image", required=True)
+    item = p.add_mutually_exclusive_group(required=True)
+    item.add_argument("--image", help="an image file")
+    item.add_argument("--video", help="a video file, a .npy (frames, H, W, 3) uint8 array or a folder of frames")
     p.add_argument("--prompt", default="Describe the image in detail.")
     p.add_argument("--layer", type=int, help="layer whose per-head kept maps are drawn (default N/2)")
     p.add_argument("--plphp", default="{}", help="PLPHP settings as JSON")

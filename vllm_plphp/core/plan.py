@@ -20,8 +20,9 @@ from vllm_plphp.core.policies import make_policy
 from vllm_plphp.log import logger
 from vllm_plphp.request_config import config_for_request
 
-# modalities whose placeholder tokens are pruned like images
-VISION_MODALITIES = ("image",)
+# modalities whose placeholder tokens are pruned; each item (one image, one
+# video with all its frames) is budgeted on its own: K_j = floor(r_l * S_j)
+VISION_MODALITIES = ("image", "video")
 
 
 class RequestInfo(NamedTuple):
@@ -43,6 +44,7 @@ class PruneTarget:
     total_len: int  # T: tokens in the cache once this step is done (T >= P)
     images: list[torch.Tensor]  # per vision item, its vision positions (is_embed only)
     config: PlphpConfig
+    num_video: int = 0  # of the vision positions, how many belong to video items
     # the request's policy for this prefill (vllm_plphp.core.policies)
     policy: object = None
 
@@ -69,6 +71,11 @@ def first_vision_offset(mm_features) -> int | None:
 
 def vision_positions(mm_features) -> list[torch.Tensor]:
     """Per vision item, the prompt positions that hold vision embeddings."""
+    return [positions for positions, _ in vision_items(mm_features)]
+
+
+def vision_items(mm_features) -> list[tuple[torch.Tensor, str]]:
+    """Per vision item (image or video), its vision positions and modality."""
     items = []
     for feature in mm_features or ():
         if feature.modality not in VISION_MODALITIES:
@@ -78,7 +85,7 @@ def vision_positions(mm_features) -> list[torch.Tensor]:
         if pos.is_embed is not None:
             positions = positions[pos.is_embed.to(torch.bool).cpu()]
         if positions.numel():
-            items.append(positions)
+            items.append((positions, feature.modality))
     return items
 
 
@@ -105,7 +112,8 @@ def plan_step(
         state = requests[req_id]
         last_prompt = state.num_prompt_tokens - 1
         if n and first <= last_prompt < first + n and state.mm_features:
-            images = vision_positions(state.mm_features)
+            items = vision_items(state.mm_features)
+            images = [positions for positions, _ in items]
             if images:
                 planned.append(req_id)
                 try:
@@ -125,6 +133,7 @@ def plan_step(
                         total_len=first + n,
                         images=images,
                         config=config,
+                        num_video=sum(int(p.numel()) for p, m in items if m == "video"),
                     ))
         start += n
     return targets, planned, skipped

@@ -212,6 +212,8 @@ def _record(worker: PlphpWorker, target, layer_idx: int, kept: int, rate: float,
     vision_kept = num_vision - (target.total_len - kept)
     step.count("vision_tokens_seen", num_vision)
     step.count("vision_tokens_kept", vision_kept)
+    if target.num_video:
+        step.count("video_tokens_seen", target.num_video)
     step.stats.setdefault("rates", []).append(rate)
     if worker.keep_layer == layer_idx and keep is not None:
         worker.keep_maps[target.req_id] = {

@@ -62,3 +62,18 @@ def test_per_request_settings_reach_the_target():
     assert targets[0].config.r == 0.3
     assert targets[0].expects_pruning(24)
     assert not targets[0].expects_pruning(3)  # layers 0, 1 and N-1 are never pruned
+
+
+def test_video_items_are_vision_items_with_their_own_positions():
+    """A video is one item (all its frames) next to images; audio is not pruned."""
+    embed = torch.tensor([True, True, False, True, True, False])  # timestamps between frames
+    requests = {"v": RequestInfo(30, [Feature(2, 3), Feature(8, 6, "video", embed),
+                                      Feature(20, 2, "audio")], Params()),
+                "w": RequestInfo(12, [Feature(1, 4, "video")], Params())}
+    targets, planned, _ = plan_step(["v", "w"], np.array([0, 0]), np.array([30, 12]), requests,
+                                    PlphpConfig())
+    v, w = targets
+    assert [p.tolist() for p in v.images] == [[2, 3, 4], [8, 9, 11, 12]]
+    assert (v.num_vision, v.num_video) == (7, 4)
+    assert [p.tolist() for p in w.images] == [[1, 2, 3, 4]] and w.num_video == 4
+    assert planned == ["v", "w"]
