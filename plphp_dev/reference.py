@@ -201,7 +201,10 @@ class ReferenceModel:
             hidden = kwargs.get("hidden_states", args[0] if args else None)
             if keep is None or hidden.shape[1] != 1:
                 return None
-            mask = kwargs["attention_mask"]  # eager: additive (B, 1, q, k)
+            mask = kwargs.get("attention_mask")  # eager: additive (B, 1, q, k)
+            if mask is None:  # (an attention function without a mask: decode sees all keys)
+                cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
+                mask = torch.zeros(hidden.shape[0], 1, 1, cache.get_seq_length(layer) + 1, dtype=hidden.dtype)
             dropped = ~keep.repeat_interleave(module.num_key_value_groups, dim=0)  # (H, P)
             if mask.dtype == torch.bool:
                 mask = torch.zeros(mask.shape, dtype=hidden.dtype).masked_fill(~mask, torch.finfo(hidden.dtype).min)
@@ -224,13 +227,23 @@ class ReferenceModel:
             if grid in inputs:  # Qwen-VL: t*h*w / merge^2 tokens per item
                 merge = self.processor.image_processor.merge_size ** 2
                 sizes = (inputs[grid].prod(-1) // merge).tolist()
-            else:
+                items += list(torch.split(positions, sizes))
+            else:  # one run of placeholder tokens per item (prompts separate their items)
+                breaks = torch.nonzero(positions[1:] != positions[:-1] + 1)[:, 0] + 1
+                runs = torch.tensor_split(positions, breaks.tolist())
                 n = len(inputs[values])
-                sizes = [positions.numel() // n] * n
-            items += list(torch.split(positions, sizes))
+                assert len(runs) == n, f"{len(runs)} placeholder runs for {n} items"
+                items += list(runs)
         return sorted(items, key=lambda p: int(p[0]))
 
     _image_positions = _item_positions  # (older name, used by tests)
+
+    def last_positions(self, prompt: str, images=None, videos=None) -> list[torch.Tensor]:
+        """The vision positions per item of a prompt, as `generate` finds them."""
+        kwargs = {"text": [prompt], "return_tensors": "pt"}
+        kwargs.update({"images": images} if images else {})
+        kwargs.update({"videos": videos} if videos else {})
+        return self._item_positions(self.processor(**kwargs))
 
     @torch.no_grad()
     def generate(self, prompt: str, images=None, max_tokens: int = 16, config=None, videos=None):
