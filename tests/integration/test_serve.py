@@ -102,6 +102,17 @@ def test_bad_override_is_http_400_naming_the_field(server, xargs, field):
     assert chat(server, 0).choices[0].message.content  # the server is unaffected
 
 
+def test_bad_override_streaming_is_http_400_and_the_image_still_works(server):
+    """Checked before the request is rendered: a streaming request gets a 400
+    (not an error event after HTTP 200), and the rejected request's image is
+    not left marked as sent in the multimodal cache (the next request with it
+    would fail with HTTP 500)."""
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(server, 1, seed=21, stream=True, extra_body={"vllm_xargs": {"plphp_r": 1.5}})
+    assert "plphp.r=1.5" in str(e.value)
+    assert chat(server, 1, seed=21).choices[0].message.content
+
+
 def test_client_disconnect_mid_stream_returns_every_block(server):
     stream = chat(server, 2, seed=7, max_tokens=400, stream=True)
     for i, _ in enumerate(stream):

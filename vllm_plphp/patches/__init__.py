@@ -18,6 +18,7 @@ PATCH_MODULES = (
     "vllm_plphp.patches.platforms_cpu",
     "vllm_plphp.patches.engine_arg_utils",
     "vllm_plphp.patches.v1_engine_input_processor",
+    "vllm_plphp.patches.entrypoints_serve_engine_serving",
     "vllm_plphp.patches.v1_metrics_prometheus",
     "vllm_plphp.patches.v1_core_kv_cache_utils",
     "vllm_plphp.patches.v1_worker_block_table",
