@@ -52,7 +52,9 @@ def _refusals(vllm_config) -> list[str]:
                    f"{_stock_backend().get_name()} backend PLPHP reads "
                    f"{', '.join(kv_cache_dtypes())})")
     if parallel.pipeline_parallel_size > 1:
-        out.append("pipeline parallelism; use tensor parallelism (--tensor-parallel-size)")
+        out.append("pipeline parallelism (not yet: vLLM returns only the last stage's step "
+                   "output, so the other stages' prune events would never reach the "
+                   "scheduler); use tensor parallelism (--tensor-parallel-size)")
     if parallel.decode_context_parallel_size > 1 or parallel.prefill_context_parallel_size > 1:
         out.append("context parallelism (KV entries split across ranks by position); "
                    "use tensor parallelism")
