@@ -3,8 +3,8 @@ the heads; gamma_l is all-reduced so both ranks pick the same r_l and keep the
 same lengths; outputs equal TP=1. Thresholds are placed inside the observed
 gamma range so that a rank using only its own heads would disagree.
 
-vLLM's CPU platform refuses the Ray executor ("current platform cpu does not
-support ray"), so Ray is not exercised here; see README."""
+The same under vLLM's Ray executor, on a local two-node Ray cluster:
+tests/integration/test_ray_executor.py and test_ray_serve.py."""
 
 import os
 
