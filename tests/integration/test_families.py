@@ -4,7 +4,9 @@ batched together on one PLPHP engine per family. Tokens and per-layer kept
 lengths equal the reference; kept lengths follow each item's own budget.
 
 Families: Qwen2.5-VL (windowed ViT, M-RoPE timed by second_per_grid_ts);
-LLaVA-OneVision (anyres tiles with image-newline tokens, pooled video frames).
+LLaVA-OneVision (anyres tiles with image-newline tokens, pooled video frames);
+LLaVA-NeXT (CLIP + Llama, anyres tiles with image-newline tokens);
+Qwen3-VL (interleaved M-RoPE, DeepStack features added in early layers).
 LLaVA and Qwen2-VL: tests/integration/test_plphp_matches_reference.py.
 """
 
@@ -17,6 +19,8 @@ from plphp_dev.fixtures.videos import av_inputs, get_av_prompt
 FAMILIES = {
     "qwen2_5_vl": [("image",), ("image", "image"), (), ("video",), ("image", "video")],
     "llava_onevision": [("image",), ("image", "image"), (), ("video",), ("image", "video")],
+    "llava_next": [("image",), ("image", "image"), ()],
+    "qwen3_vl": [("image",), ("image", "image"), ()],
 }
 
 
@@ -25,7 +29,10 @@ class FamilyRun:
         from plphp_dev.reference import ReferenceModel
 
         self.name, self.cases = name, FAMILIES[name]
-        self.llm = make_llm(path, "plphp", limit_mm_per_prompt={"image": 2, "video": 1})
+        limits = {"image": 2}
+        if any("video" in items for items in self.cases):
+            limits["video"] = 1
+        self.llm = make_llm(path, "plphp", limit_mm_per_prompt=limits)
         outs = self.llm.generate([av_inputs(name, items, 2) for items in self.cases], greedy())
         self.tokens = token_ids(outs)
         rpc = self.llm.collective_rpc("plphp_records", args=([o.request_id for o in outs],))[0]

@@ -44,3 +44,34 @@ def test_inspect_png_and_numbers_match_reference(tmp_path, llava_path):
         assert rows[layer]["rate"] == pytest.approx(r["rate"])
         line = f"{layer:5d} {rows[layer]['gamma']:7.4f}"
         assert line in proc.stdout
+
+
+def test_inspect_takes_a_video(tmp_path, qwen2_vl_path):
+    """`--video` (a .npy of frames): one video item, numbers equal the reference's."""
+    import numpy as np
+
+    from plphp_dev.fixtures.videos import make_video
+
+    video = tmp_path / "video.npy"
+    np.save(video, make_video(3))
+    out_json = tmp_path / "inspect.json"
+    question = "Describe what happens in the video."
+    proc = subprocess.run(
+        [CLI, "inspect", "--model", qwen2_vl_path, "--video", str(video), "--prompt", question,
+         "--out", str(tmp_path / "v.png"), "--json", str(out_json), "--dtype", "float32"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads(out_json.read_text())
+    assert len(result["keep_map"]["images"]) == 1  # the video is one item
+
+    from plphp_dev.reference import ReferenceModel
+
+    text = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+            f"<|vision_start|><|video_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n")
+    _, ref = ReferenceModel(qwen2_vl_path).generate(text, None, 1, PlphpConfig(), videos=[make_video(3)])
+    rows = {r["layer"]: r for r in result["layers"]}
+    assert sorted(rows) == sorted(ref) and ref
+    for layer, r in ref.items():
+        assert rows[layer]["kept"] == r["kept"]
+        assert rows[layer]["gamma"] == pytest.approx(r["gamma"], abs=1e-4)
