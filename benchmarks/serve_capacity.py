@@ -6,6 +6,14 @@ share of prefill-step time spent scoring + compacting (offline engine).
 
   .venv/bin/python benchmarks/serve_capacity.py            # r in 0.3 0.4 0.5
   .venv/bin/python benchmarks/serve_capacity.py --quick    # smaller workload
+  .venv/bin/python benchmarks/serve_capacity.py --quick --block-sizes 32,64,128
+
+`--block-sizes` sweeps the KV block size (stock and PLPHP at each) and adds,
+per PLPHP row, the ideal retained fraction (what KV per request would be if
+every layer held exactly its kept entries, from the server's own kept/seen
+counters) next to the physical one (what the pool holds), and the excess in
+tokens per layer. `--block-size default` passes no --block-size (vLLM's CPU
+default, 128; PLPHP's own default where it sets one).
 
 Random-weight fixtures put ~95% of the last token's attention on the image,
 so every layer is "vision-attentive" at the paper's alpha=0.25 and keeps
@@ -51,50 +59,85 @@ class Sampler(threading.Thread):
             time.sleep(self.period)
 
 
-async def one_request(client, i: int, max_tokens: int) -> int:
+async def one_request(client, i: int, max_tokens: int) -> tuple[int, int]:
     stream = await client.chat.completions.create(
         model="fixture", messages=chat_messages("llava", 1, seed=100 + i),
         max_tokens=max_tokens, temperature=0, stream=True,
         extra_body={"ignore_eos": True}, stream_options={"include_usage": True},
     )
-    tokens = 0
+    tokens = prompt = 0
     async for chunk in stream:
         if chunk.usage is not None:
-            tokens = chunk.usage.completion_tokens
-    return tokens
+            tokens, prompt = chunk.usage.completion_tokens, chunk.usage.prompt_tokens
+    return tokens, prompt
 
 
-async def workload(url: str, n: int, max_tokens: int) -> int:
+async def workload(url: str, n: int, max_tokens: int) -> tuple[int, int]:
+    """Output tokens of all requests, prompt tokens of the last."""
     from openai import AsyncOpenAI
 
     async with AsyncOpenAI(base_url=url + "/v1", api_key="EMPTY", max_retries=0, timeout=1800) as client:
-        return sum(await asyncio.gather(*(one_request(client, i, max_tokens) for i in range(n))))
+        done = await asyncio.gather(*(one_request(client, i, max_tokens) for i in range(n)))
+    return sum(t for t, _ in done), done[-1][1]
 
 
-def run_server(model: str, plphp: dict | None, args) -> dict:
-    extra = ["--block-size", str(args.block_size), "--max-num-seqs", str(args.requests),
-             "--max-model-len", "1024",
+def kv_bytes_per_token(model: str) -> tuple[int, int, int]:
+    """(decoder layers, image tokens per image, KV bytes per token per layer; float32)."""
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    text = cfg.get("text_config", cfg)
+    heads = text["num_attention_heads"]
+    head_dim = text.get("head_dim") or text["hidden_size"] // heads
+    kv_heads = text.get("num_key_value_heads", heads)
+    vision = cfg["vision_config"]
+    image_tokens = (vision["image_size"] // vision["patch_size"]) ** 2
+    return text["num_hidden_layers"], image_tokens, 2 * kv_heads * head_dim * 4
+
+
+def ideal(model: str, plphp: dict | None, prompt: int, context: float, retained: float) -> float:
+    """KV bytes of one request holding exactly its entries (no block rounding):
+    every layer the whole context, minus the dropped vision entries of the
+    pruned layers (skip_first / skip_last kept whole)."""
+    layers, image_tokens, per_token = kv_bytes_per_token(model)
+    pruned = 0 if plphp is None else layers - (plphp.get("skip_first", 2) + plphp.get("skip_last", 1))
+    return (layers * context - pruned * image_tokens * (1 - retained)) * per_token
+
+
+def run_server(model: str, plphp: dict | None, args, block: str) -> dict:
+    extra = ["--max-num-seqs", str(args.requests), "--max-model-len", "1024",
              "--max-num-batched-tokens", "8192"]
-    srv = Server(model, *extra, plphp=plphp, kv_bytes=args.kv_mib << 20, timeout=600, eager=False)
+    if block != "default":
+        extra += ["--block-size", block]
+    srv = Server(model, *extra, plphp=plphp, kv_bytes=args.kv_mib << 20, timeout=900, eager=args.eager)
     try:
         asyncio.run(workload(srv.url, 1, 2))  # warm-up
         sampler = Sampler(srv)
         sampler.start()
         start = time.perf_counter()
-        tokens = asyncio.run(workload(srv.url, args.requests, args.max_tokens))
+        tokens, prompt = asyncio.run(workload(srv.url, args.requests, args.max_tokens))
         elapsed = time.perf_counter() - start
         sampler.stop = True
         sampler.join()
+        text = srv.metrics()
+        seen = metric_value(text, "vllm:plphp_vision_tokens_seen_total") or 0
+        kept = metric_value(text, "vllm:plphp_vision_tokens_kept_total") or 0
+        chosen = [ln for ln in srv.logs().splitlines() if "block_size" in ln and "PLPHP" in ln]
     finally:
         srv.stop()
     running = [s for s in sampler.samples if s[0] > 0]
     # decode-only samples: nothing waiting to be prefilled, every running request decoding
     decode = [s for s in running if s[1] == 0] or running
     per_req = sorted(s[2] / s[0] for s in decode)
+    retained = kept / seen if seen else 1.0
+    # decode samples are spread over the output: on average half of it is cached
+    context = prompt + args.max_tokens / 2
     return {
         "kv_per_req": per_req[len(per_req) // 2] * args.kv_mib if per_req else float("nan"),
         "peak_running": max((s[0] for s in running), default=0),
         "tok_s": tokens / elapsed,
+        "prompt_tokens": prompt,
+        "retained": retained,
+        "ideal_mib": ideal(model, plphp, prompt, context, retained) / (1 << 20),
+        "log": chosen[:1],
     }
 
 
@@ -119,15 +162,43 @@ def prune_overhead(model: str, r: float) -> float:
     return t["prune_seconds"] / t["pruning_step_seconds"]
 
 
+def report_sweep(model: str, args, sweep: dict, plphp_of: dict) -> None:
+    layers, _, per_token = kv_bytes_per_token(model)
+    print(f"\nllava-{args.variant}, KV budget {args.kv_mib} MiB, {args.requests} concurrent "
+          f"1-image requests x {args.max_tokens} tokens (streaming); ratios against stock at the "
+          f"same block size; 'vs 128' against stock at block 128 (vLLM's CPU default)")
+    print(f"{'block':>7s} {'config':26s} {'KV/req MiB':>10s} {'phys':>5s} {'ideal':>5s} "
+          f"{'excess tok/layer':>16s} {'peak run':>8s} {'ratio':>5s} {'tok/s':>6s} {'ratio':>5s} {'vs 128':>6s}")
+    ref = sweep.get("128", {}).get("stock")
+    for block, results in sweep.items():
+        if "stock" not in results:
+            print(f"{block:>7s} stock did not start (see [bench] lines above)")
+            continue
+        base = results["stock"]
+        for name, r in results.items():
+            excess = (r["kv_per_req"] - r["ideal_mib"]) * (1 << 20) / (layers * per_token)
+            print(f"{block:>7s} {name:26s} {r['kv_per_req']:10.2f} "
+                  f"{r['kv_per_req'] / base['kv_per_req']:5.2f} {r['ideal_mib'] / base['ideal_mib']:5.2f} "
+                  f"{excess:16.1f} {r['peak_running']:8.0f} {r['peak_running'] / base['peak_running']:5.2f} "
+                  f"{r['tok_s']:6.1f} {r['tok_s'] / base['tok_s']:5.2f} "
+                  f"{(r['tok_s'] / ref['tok_s']) if ref else float('nan'):6.2f}")
+    print("phys: KV per running request (pool usage / running) / stock's; ideal: the same with "
+          "every layer holding exactly its entries (prompt + half the output, kept/seen from "
+          "the server's counters); excess: (phys - ideal) in tokens per layer")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", default="bench")
     ap.add_argument("--kv-mib", type=int, default=96)
-    ap.add_argument("--block-size", type=int, default=32)
+    ap.add_argument("--block-size", default="32", help="a number, or 'default' (pass none)")
+    ap.add_argument("--block-sizes", help="comma list, e.g. 32,64,128: sweep (stock + PLPHP at each)")
     ap.add_argument("--requests", type=int, default=24)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rates", default="0.3,0.4,0.5")
     ap.add_argument("--quick", action="store_true", help="12 requests, 32 tokens, r=0.4 only")
+    ap.add_argument("--eager", action="store_true",
+                    help="--enforce-eager (shorter starts: a sweep starts 3 servers per block size)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     if args.quick:
@@ -138,14 +209,29 @@ def main():
         configs.append((f"plphp r={r}", {"r": r}))
         configs.append((f"plphp r={r} balanced", {"r": r, "alpha": 1.0, "beta": 0.0}))
     # keeps everything: what the plugin itself costs (per-layer KV groups, scoring)
-    configs.append(("plphp r=1 (no pruning)", {"r": 1.0, "delta_r": 0.0}))
-    results = {}
-    for name, plphp in configs:
-        print(f"[bench] {name} ...", flush=True)
-        results[name] = run_server(model, plphp, args)
+    blocks = (args.block_sizes or args.block_size).split(",")
+    if not args.block_sizes:
+        configs.append(("plphp r=1 (no pruning)", {"r": 1.0, "delta_r": 0.0}))
+    sweep = {}
+    for block in blocks:
+        results = sweep[block] = {}
+        for name, plphp in configs:
+            print(f"[bench] block {block}: {name} ...", flush=True)
+            try:
+                results[name] = run_server(model, plphp, args, block)
+            except (RuntimeError, TimeoutError) as e:  # e.g. a block size the platform refuses
+                errors = [ln for ln in str(e).splitlines() if "Error" in ln]
+                print(f"[bench]   failed to start: {(errors or [str(e)[:300]])[-1]}", flush=True)
+                continue
+            print(f"[bench]   {json.dumps(results[name])}", flush=True)
+    if args.block_sizes:
+        report_sweep(model, args, sweep, dict(configs))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"sweep": sweep}, indent=2))
+        return
     overhead = prune_overhead(model, 0.4)
     base = results["stock"]
-    print(f"\nllava-{args.variant}, KV budget {args.kv_mib} MiB, block {args.block_size}, "
+    print(f"\nllava-{args.variant}, KV budget {args.kv_mib} MiB, block {blocks[0]}, "
           f"{args.requests} concurrent 1-image requests x {args.max_tokens} tokens (streaming)")
     print(f"{'config':26s} {'KV/req MiB':>10s} {'ratio':>6s} {'peak run':>8s} {'ratio':>6s} "
           f"{'tok/s':>7s} {'ratio':>6s}")

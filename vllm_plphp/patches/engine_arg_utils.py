@@ -4,8 +4,10 @@ Why: PLPHP must fail fast, in the process the user started (`LLM(...)`,
 `vllm serve`), on a bad `plphp` setting or an unsupported combination, rather
 than deep inside the engine core.
 How: build the config with the original (vLLM's defaults kept, prefix
-caching included: vllm_plphp/engine/block_manager.py says what is shared);
-when the attention backend is PLPHP, validate the `plphp` section and the
+caching included: vllm_plphp/engine/block_manager.py says what is shared;
+on CPU a 32-token KV block unless --block-size is given:
+vllm_plphp/frontend/defaults.py says why); when the attention backend is
+PLPHP, validate the `plphp` section and the
 unsupported features, and choose the engine's metrics file (`vllm_plphp.engine.stats.new_stats_path`).
 vLLM versions checked: 0.32.0.
 Remove when: never as such; the checks would move to a config hook if vLLM
@@ -17,6 +19,7 @@ from vllm.engine.arg_utils import EngineArgs
 from vllm_plphp.engine.stats import new_stats_path
 from vllm_plphp.patches import original, patch, plphp_selected
 from vllm_plphp.frontend.validate import validate_engine_config
+from vllm_plphp.frontend.defaults import choose_block_size
 
 
 def _selected(args: EngineArgs) -> bool:
@@ -29,6 +32,8 @@ def _selected(args: EngineArgs) -> bool:
 
 
 def _create_engine_config(self, *args, **kwargs):
+    if _selected(self):
+        choose_block_size(self)  # PLPHP's CPU default when --block-size is not given
     vllm_config = original(EngineArgs, "create_engine_config")(self, *args, **kwargs)
     if plphp_selected(vllm_config):
         validate_engine_config(vllm_config)
