@@ -24,7 +24,7 @@ from vllm_plphp.engine.stats import COUNTERS
 from vllm_plphp.worker.extension import WORKER_EXT
 from plphp_dev.fixtures.prompts import chat_messages
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,9 @@ def served(llava_path):
     with ray_cpu.cluster() as local:
         srv = Server(llava_path, "--tensor-parallel-size", "2",
                      "--distributed-executor-backend", "ray", "--worker-extension-cls", WORKER_EXT,
-                     plphp={}, env={"VLLM_SERVER_DEV_MODE": "1"}, timeout=600)
+                     plphp={}, timeout=600,
+                     # /collective_rpc; each worker's log lines (Ray dedups repeats)
+                     env={"VLLM_SERVER_DEV_MODE": "1", "RAY_DEDUP_LOGS": "0"})
         try:
             yield srv, local
         finally:
@@ -86,6 +88,15 @@ def workload(served, llava_path):
 def test_served_tokens_equal_the_reference(workload):
     _, served_tokens, expected = workload
     assert served_tokens == expected
+
+
+def test_every_worker_attached_plphp(served, workload):
+    """What the README tells GPU users to look for: each rank's line, from
+    its own Ray actor, forwarded to the `vllm serve` log."""
+    srv, _ = served
+    for rank in (0, 1):
+        assert any(f"Worker_TP{rank} " in line and "PLPHP attached to Model Runner" in line
+                   and "RayWorkerProc" in line for line in srv.logs().splitlines()), rank
 
 
 def test_counters_count_each_pruned_request_once(served, workload):
