@@ -6,7 +6,13 @@ built (`new_stats_path`) and passed on through the environment
 (`VLLM_PLPHP_STATS_FILE`) to the engine cores spawned after it; core r of a
 data-parallel engine writes `<prefix>.core<r>.json` (`core_file`), and the
 API server's collector sums the cores' files (`read_totals`). The process that
-chose the prefix removes the files when it exits."""
+chose the prefix removes the files when it exits.
+
+With several API server processes (`--api-server-count`, which data parallel
+implies) vLLM serves `/metrics` from prometheus_client's multiprocess mode,
+which shows only values kept in its own per-process files; each engine core
+then also publishes the same metrics that way (`PrometheusMirror`), and the
+scrape sums them over the cores."""
 
 from __future__ import annotations
 
@@ -88,6 +94,7 @@ class EngineStats:
 
     def __init__(self, path: str | None = None, dp_rank: int = 0):
         self.path = path or core_file(stats_path(), dp_rank)
+        self.mirror = PrometheusMirror.get()
         self.totals = {name: 0 for name in COUNTERS}
         self.buckets = [0] * len(BUCKETS)
         self.rate_sum = 0.0
@@ -107,6 +114,8 @@ class EngineStats:
         # only steps that prune or skip carry stats (prefill ends), so writing
         # each time is cheap and the file is never stale
         self.write()
+        if self.mirror is not None:
+            self.mirror.add(step, freed)
 
     def write(self) -> None:
         data = {"totals": self.totals, "buckets": self.buckets,
@@ -117,3 +126,39 @@ class EngineStats:
         os.replace(tmp, self.path)
 
 
+class PrometheusMirror:
+    """The engine core's counts as prometheus_client metrics, for vLLM's
+    multiprocess `/metrics` (several API servers): values live in
+    PROMETHEUS_MULTIPROC_DIR, one file per process, summed at scrape time.
+    One per process (its metrics are the process's file entries), registered
+    in no registry."""
+
+    _instance = None
+
+    @classmethod
+    def get(cls) -> "PrometheusMirror | None":
+        """The process's mirror, or None outside prometheus multiprocess mode."""
+        from prometheus_client import values
+
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ or values.ValueClass is values.MutexValue:
+            return None
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def __init__(self):
+        from prometheus_client import Counter, Histogram
+
+        self.counters = {name: Counter(f"vllm:plphp_{name}", f"PLPHP {name.replace('_', ' ')}",
+                                       registry=None) for name in COUNTERS}
+        self.retention = Histogram("vllm:plphp_layer_retention",
+                                   "PLPHP retention rate r_l per (request, layer)",
+                                   buckets=BUCKETS, registry=None)
+
+    def add(self, step: dict, freed: int) -> None:
+        for name in COUNTERS:
+            value = int(step.get(name, 0)) + (freed if name == "kv_blocks_freed" else 0)
+            if value:
+                self.counters[name].inc(value)
+        for rate in step.get("rates", ()):
+            self.retention.observe(round(rate, 9))  # 0.4 + 0.3 counts as 0.7, as in write()

@@ -51,17 +51,15 @@ class PlphpCollector:
 _collector_registered = False
 
 
-def add_collector(registry) -> None:
-    registry.register(PlphpCollector(stats_path()))
-
-
 def register_collector() -> None:
-    """In the API server process: expose the engine's PLPHP stats on /metrics
-    (a multiprocess registry gets its own: vllm_plphp/patches/v1_metrics_prometheus.py)."""
+    """In the API server process: expose the engine's PLPHP stats on /metrics.
+    (With several API servers, e.g. data parallel, /metrics shows only
+    prometheus_client's multiprocess values; the engine cores then publish
+    the same metrics that way too: `vllm_plphp.engine.stats.PrometheusMirror`.)"""
     global _collector_registered
     if _collector_registered:
         return
     from prometheus_client import REGISTRY
 
-    add_collector(REGISTRY)
+    REGISTRY.register(PlphpCollector(stats_path()))
     _collector_registered = True

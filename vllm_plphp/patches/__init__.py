@@ -19,7 +19,6 @@ PATCH_MODULES = (
     "vllm_plphp.patches.engine_arg_utils",
     "vllm_plphp.patches.v1_engine_input_processor",
     "vllm_plphp.patches.entrypoints_serve_engine_serving",
-    "vllm_plphp.patches.v1_metrics_prometheus",
     "vllm_plphp.patches.v1_core_kv_cache_utils",
     "vllm_plphp.patches.v1_worker_block_table",
     "vllm_plphp.patches.v1_worker_gpu_model_runner",

@@ -44,3 +44,28 @@ def test_data_parallel_cores_are_summed_and_files_removed(monkeypatch, tmp_path)
     stats.remove_files(prefix)
     assert stats.core_files(prefix) == []
     assert values(PlphpCollector(prefix))["vllm:plphp_requests_pruned"] == 0
+
+
+def test_multiprocess_metrics_sum_over_engine_core_processes(tmp_path):
+    """With several API servers vLLM serves prometheus_client's multiprocess
+    values only: each engine core process publishes its counts there too, and
+    a scrape (MultiProcessCollector, as the API servers use) sums them."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), stats.ENV: str(tmp_path / "s")}
+    core = ("import sys; from vllm_plphp.engine.stats import EngineStats; "
+            "s = EngineStats(dp_rank=int(sys.argv[1])); "
+            "s.add({'requests_pruned': 1 + int(sys.argv[1]), 'rates': [0.4 + 0.3]}, freed=2)")
+    for rank in ("0", "1"):  # two engine core processes
+        subprocess.run([sys.executable, "-c", core, rank], env=env, check=True)
+    scrape = ("from prometheus_client import CollectorRegistry, generate_latest, multiprocess; "
+              "r = CollectorRegistry(); multiprocess.MultiProcessCollector(r); "
+              "print(generate_latest(r).decode())")
+    text = subprocess.run([sys.executable, "-c", scrape], env=env, check=True,
+                          capture_output=True, text=True).stdout
+    from plphp_dev.serving import metric_value
+
+    assert metric_value(text, "vllm:plphp_requests_pruned_total") == 3
+    assert metric_value(text, "vllm:plphp_kv_blocks_freed_total") == 4
+    assert 'vllm:plphp_layer_retention_bucket{le="0.7"} 2.0' in text
