@@ -115,22 +115,32 @@ def test_counters_count_each_pruned_request_once(served, workload):
     assert delta["kv_blocks_freed"] > 0
 
 
+def descendants(pid: int) -> dict[int, str]:
+    """{pid: name and command line} of a process's descendants still alive."""
+    out = {}
+    for p in psutil.Process(pid).children(recursive=True):
+        try:
+            out[p.pid] = p.name() + " " + " ".join(p.cmdline())
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 def test_stats_stay_on_the_api_servers_host(served, workload):
     """The engine core is a child of `vllm serve` (this host); the workers are
     Ray actors under the two nodes' raylets; the stats file the collector
     reads is the engine core's, named by the API server's pid."""
     srv, local = served
-    server = psutil.Process(srv.proc.pid)
-    below_server = {p.pid for p in server.children(recursive=True)}
-    cores = [p for p in server.children(recursive=True) if "EngineCore" in p.name()]
+    below_server = descendants(srv.proc.pid)
+    cores = [pid for pid, title in below_server.items() if "EngineCore" in title]
     assert len(cores) == 1
     workers = {}
     for node in [local.head_node, *local.worker_nodes]:
-        raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
-        workers[node.node_id] = [p.pid for p in raylet.children(recursive=True)
-                                 if "RayWorkerProc" in " ".join(p.cmdline()) + p.name()]
+        raylet = node.all_processes["raylet"][0].process.pid
+        workers[node.node_id] = [pid for pid, title in descendants(raylet).items()
+                                 if "RayWorkerProc" in title]
     assert sorted(len(w) for w in workers.values()) == [1, 1]  # one worker per node
-    assert not below_server & {pid for w in workers.values() for pid in w}
+    assert not set(below_server) & {pid for w in workers.values() for pid in w}
     files = glob.glob(os.path.join(tempfile.gettempdir(), f"vllm-plphp-stats-{srv.proc.pid}-*.json"))
     assert len(files) == 1
     with open(files[0]) as f:
