@@ -7,15 +7,15 @@ Held to the same oracles as one process: the TP=1 engine's tokens, per-layer
 kept lengths and block accounting, and the HF reference, for PLPHP (with
 thresholds inside the observed gamma range, so a rank scoring only its own
 heads would pick other rates), FastV and VTW. Both engines run their engine
-core in this process, so the block pool is readable. Pipeline parallelism is
-refused under Ray as everywhere (until PP is supported)."""
+core in this process, so the block pool is readable. (That pipeline
+parallelism is refused under Ray is checked in test_ray_serve.py, in CI.)"""
 
 import os
 
 import pytest
 
-from tests.conftest import MAX_TOKENS, greedy, make_inprocess_llm, make_llm, run_steps, \
-    scheduler_of, token_ids
+from tests.conftest import MAX_TOKENS, greedy, make_inprocess_llm, run_steps, scheduler_of, \
+    token_ids
 from tests.support import ray_cpu
 from vllm_plphp.config import PlphpConfig
 from plphp_dev.fixtures.prompts import get_prompt, prompt_inputs
@@ -164,10 +164,3 @@ def test_abort_mid_decode_frees_everything(ray_llm, tp1):
     assert free[-1] == start  # every block back, aborted and finished alike
     assert set(outputs) == {"a0", "a2"}
     assert outputs == {r: tp1["alone"][r] for r in outputs}
-
-
-def test_pipeline_parallel_under_ray_is_refused(llava_path, ray_llm):
-    from vllm_plphp.frontend.validate import PlphpUnsupportedError
-
-    with pytest.raises(PlphpUnsupportedError, match="pipeline parallelism"):
-        make_llm(llava_path, "plphp", pipeline_parallel_size=2, distributed_executor_backend="ray")

@@ -7,7 +7,8 @@ worker pruning (records read from both ranks through vLLM's dev-mode
 `/collective_rpc`), and the metrics never leave the API server's host: the
 engine core, which applies the workers' prune events and writes the stats
 file, is a local child of `vllm serve`; the workers are Ray actors under the
-nodes' raylets and send their events back only inside the ModelRunnerOutput."""
+nodes' raylets and send their events back only inside the ModelRunnerOutput.
+Pipeline parallelism under Ray is refused at start-up."""
 
 import glob
 import json
@@ -147,3 +148,13 @@ def test_stats_stay_on_the_api_servers_host(served, workload):
         totals = json.load(f)["totals"]
     now = counters(srv)
     assert {k: float(totals[k]) for k in COUNTERS} == {k: now[k] for k in COUNTERS}
+
+
+def test_pipeline_parallel_under_ray_is_refused(served, llava_path):
+    """Refused where the engine config is built, before Ray is asked for
+    anything (README, "Not supported"), under Ray as under mp."""
+    from tests.conftest import make_llm
+    from vllm_plphp.frontend.validate import PlphpUnsupportedError
+
+    with pytest.raises(PlphpUnsupportedError, match="pipeline parallelism"):
+        make_llm(llava_path, "plphp", pipeline_parallel_size=2, distributed_executor_backend="ray")
