@@ -2,7 +2,7 @@
 with paired intervals against stock (the quality section of RESULTS.md).
 
     nice -n 10 .venv/bin/python benchmarks/quality/bench_paired.py \\
-        [--n-plain 200] [--n-chat 120] [--raw benchmarks/quality/paired_raw.json]
+        [--n-plain 100] [--n-chat 80] [--raw benchmarks/quality/paired_raw.json.gz] [--resume]
     .venv/bin/python benchmarks/quality/bench_paired.py --report-only   # tables from --raw
 
 Two prompt suites, both from held-out data (split "test"):
@@ -141,14 +141,31 @@ def load_raw(path: str) -> dict:
     return json.loads(gzip.decompress(data) if path.endswith(".gz") else data)
 
 
+def resume(raw: dict, old: dict, n_new: dict) -> None:
+    """Keep `old`'s settings, cut to the first n examples of each task / kind
+    (examples are seeded by index, so they are the same examples)."""
+    raw["block_size"] = old.get("block_size")
+    for suite, n in n_new.items():
+        n_old = old["args"][f"n_{suite}"]
+        if suite not in old["suites"] or n > n_old or old["args"]["seed"] != raw["args"]["seed"]:
+            continue
+        blocks = len(old["suites"][suite]["task"]) // n_old
+        idx = [b * n_old + k for b in range(blocks) for k in range(n)]
+        assert [old["suites"][suite]["task"][i] for i in idx] == raw["suites"][suite]["task"]
+        for name, res in old["suites"][suite]["settings"].items():
+            raw["suites"][suite]["settings"][name] = {k: [v[i] for i in idx] for k, v in res.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-plain", type=int, default=200, help="examples per task (plain suite)")
-    ap.add_argument("--n-chat", type=int, default=150, help="conversations per kind (chat suite)")
+    ap.add_argument("--n-plain", type=int, default=100, help="examples per task (plain suite)")
+    ap.add_argument("--n-chat", type=int, default=80, help="conversations per kind (chat suite)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--raw", default=str(RAW))
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the settings already in --raw (cut to the n asked) and run the rest")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(HERE))
@@ -166,17 +183,22 @@ def main() -> None:
     raw = {"args": vars(args), "num_layers": num_layers,
            "suites": {s: {"task": [it[0] for it in items[s]], "answer": [it[3] for it in items[s]],
                           "settings": {}} for s in items}}
+    if args.resume and Path(args.raw).is_file():
+        resume(raw, load_raw(args.raw), {"plain": args.n_plain, "chat": args.n_chat})
     llm = None
     for backend in (False, True):
+        todo = [n for suite in plan for n, o in plan[suite].items()
+                if (o is None) != backend and n not in raw["suites"][suite]["settings"]]
+        if not todo:
+            continue
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()
         llm = make_engine(backend)
-        block = llm.llm_engine.vllm_config.cache_config.block_size
-        raw["block_size"] = block
+        block = raw["block_size"] = llm.llm_engine.vllm_config.cache_config.block_size
         for suite, settings in plan.items():
             done = raw["suites"][suite]["settings"]
             for name, override in settings.items():
-                if (override is None) == backend:
+                if (override is None) == backend or name in done:
                     continue
                 if isinstance(override, tuple):  # uniform: PLPHP's mean r_l per request
                     r_mean = done[override[1]]["rate"]

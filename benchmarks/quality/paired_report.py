@@ -136,6 +136,26 @@ def caption_table(suite: dict, names: list[str]) -> None:
               f"| {np.mean(said > truth):.2f} |")
 
 
+def count_table(suite: dict, names: list[str]) -> None:
+    """Direction of the count task's errors (the number in the answer vs the scene's)."""
+    from plphp_dev.quality.scenes import NUMBER_WORDS
+
+    def number(text):
+        return next((NUMBER_WORDS.index(w) for w in text.lower().replace(".", "").split()
+                     if w in NUMBER_WORDS), None)
+
+    idx = [i for i, t in enumerate(suite["task"]) if t == "count"]
+    truth = [number(suite["answer"][i]) for i in idx]
+    print("\n#### Count task: answered number minus objects in the scene\n")
+    print("| setting | mean | answers too low | too high | no number |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        said = [number(suite["settings"][name]["text"][i]) for i in idx]
+        d = [a - b for a, b in zip(said, truth) if a is not None]
+        print(f"| {name} | {np.mean(d):+.2f} | {np.mean([x < 0 for x in d]):.2f} "
+              f"| {np.mean([x > 0 for x in d]):.2f} | {sum(a is None for a in said)} |")
+
+
 def report(raw: dict) -> None:
     nl = raw["num_layers"]
     print(f"block size {raw.get('block_size')}, args {raw['args']}")
@@ -148,9 +168,14 @@ def report(raw: dict) -> None:
                       if f"shared heads {k.split()[-1]}" in ps],
               "Per-head ablation, plain prompts: PLPHP minus shared heads (same KV)")
     matched_table(plain, p_names, "retention", "Matched vision retention: PLPHP minus baseline")
-    matched_table(plain, p_names, "kv", "Matched KV bytes (cache entries): PLPHP minus baseline")
-    category_table(plain, p_names, nl)
+    # per task, KV entries are an affine function of retention with the same
+    # coefficients for every policy (same prompts), so matching entries is
+    # matching retention; the bytes the pool holds come in blocks:
+    matched_table(plain, p_names, "kv_blocks",
+                  "Matched KV bytes (allocated blocks, what the pool holds): PLPHP minus baseline")
+    category_table(plain, p_names[:1], nl)  # gamma_l comes from the full prefill: same in every setting
     caption_table(plain, list(ps))
+    count_table(plain, list(ps))
     chat = raw["suites"].get("chat")
     if chat and chat["settings"]:
         cs = chat["settings"]
@@ -160,4 +185,12 @@ def report(raw: dict) -> None:
                  and f"uniform {k.split()[-1]}" in cs]
         pairs += [(f"plphp {k.split()[-1]}", k) for k in cs if k.startswith("shared")]
         gap_table(chat, pairs, "Ablations, chat prompts: PLPHP minus uniform rate / minus shared heads")
-        category_table(chat, [k for k in cs if k != "stock"], nl)
+        # where every pruned layer is attentive, uniform == PLPHP: the layer
+        # rule's effect is on the requests with a balanced / indifferent layer
+        ref = next(k for k in cs if k.startswith("plphp"))
+        keep = [i for i, c in enumerate(cs[ref]["cats"]) if set(c) - {"A"}]
+        sub = {"task": [chat["task"][i] for i in keep], "answer": [chat["answer"][i] for i in keep],
+               "settings": {k: {f: [v[i] for i in keep] for f, v in r.items()} for k, r in cs.items()}}
+        gap_table(sub, pairs[:3], f"Layer-rule ablation on the {len(keep)} chat requests with a "
+                                  "balanced or indifferent layer: PLPHP minus uniform rate")
+        category_table(chat, [k for k in cs if k.startswith("plphp")][:1], nl)
