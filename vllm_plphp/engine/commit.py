@@ -38,7 +38,10 @@ def apply_output(scheduler, data: dict | None) -> None:
     freed = commit_prunes(scheduler, data["events"]) if data["events"] else 0
     stats = getattr(scheduler, "plphp_stats", None)
     if stats is None:
-        rank = scheduler.vllm_config.parallel_config.data_parallel_rank
+        # the engine core's DP index (dense models run DP cores as independent
+        # engines whose data_parallel_rank is reset to 0)
+        parallel = scheduler.vllm_config.parallel_config
+        rank = getattr(parallel, "data_parallel_index", parallel.data_parallel_rank)
         stats = scheduler.plphp_stats = EngineStats(dp_rank=rank)
     if data["stats"] or freed:
         stats.add(data["stats"], freed)
