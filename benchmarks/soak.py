@@ -72,9 +72,7 @@ def counters(srv: Server) -> dict:
              "skipped": "vllm:plphp_requests_skipped_total", "blocks_freed": "vllm:plphp_kv_blocks_freed_total",
              "running": "vllm:num_requests_running", "waiting": "vllm:num_requests_waiting",
              "kv_usage": "vllm:kv_cache_usage_perc"}
-    out = {k: metric_value(text, v) or 0.0 for k, v in names.items()}
-    out["server_aborts"] = metric_value(text, "vllm:request_success_total", {"finished_reason": "abort"}) or 0.0
-    return out
+    return {k: metric_value(text, v) or 0.0 for k, v in names.items()}
 
 
 def settled(srv: Server, timeout: float = 120) -> dict:
@@ -153,8 +151,7 @@ def soak(model: str, args) -> dict:
                 losses.append(f"request {r.id} {r.prompt}: {r.outcome} {r.detail}")
         if (after["running"], after["waiting"], after["kv_usage"]) != (0, 0, 0):
             losses.append(f"not back to idle after the soak: {after}")
-        delta = {k: after[k] - before[k] for k in ("preemptions", "pruned", "skipped", "blocks_freed",
-                                                   "server_aborts")}
+        delta = {k: after[k] - before[k] for k in ("preemptions", "pruned", "skipped", "blocks_freed")}
         if delta["preemptions"] == 0:
             losses.append("no preemption: the load did not press the KV pool (raise --rate or lower --kv-mib)")
         done = [r for r in reqs if r.outcome == "ok"]

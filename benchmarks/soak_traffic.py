@@ -89,8 +89,9 @@ async def send(client, req: Request) -> None:
     p = req.prompt
     kw = dict(model="fixture", messages=p.messages(), max_tokens=p.max_tokens,
               temperature=1.0 if req.sampled else 0.0, extra_body=p.extra_body())
-    if req.sampled:
-        kw["seed"] = req.id
+    # sampled requests carry no `seed`: vLLM 0.32 on CPU kills the engine when a seeded request's
+    # prefill is chunked (gpu_model_runner._bookkeeping_sync rewinds its generator: "CPU Generator
+    # does not use offset"), with or without PLPHP; found by this soak
     try:
         if req.stream:
             stream = await client.chat.completions.create(
