@@ -155,8 +155,10 @@ def _keys(impl, layer, k_cache, block_ids, length, dtype) -> torch.Tensor:
     """Positions 0..length-1 of the layer's keys, (Hkv, length, D), as `dtype`
     values (an fp8 cache's bytes dequantized with the layer's k_scale)."""
     keys = compaction.gather(k_cache, block_ids, length)
-    return kv_layout.dequantize(keys, getattr(impl, "kv_cache_dtype", "auto"),
-                                layer._k_scale_float, dtype)
+    kv_cache_dtype = getattr(impl, "kv_cache_dtype", "auto")
+    if kv_cache_dtype not in kv_layout.FP8_DTYPES:
+        return keys
+    return kv_layout.dequantize(keys, kv_cache_dtype, layer._k_scale_float, dtype)
 
 
 def _layer_scores(roles, impl, layer, query, k_cache, blocks) -> dict[int, LayerScores]:
