@@ -7,9 +7,11 @@ token for token on this trained model, whose attention is peaked rather than
 random. One stock and one PLPHP engine for the module.
 """
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from plphp_dev.quality import MODEL_DIR
 from tests.conftest import make_llm
@@ -17,6 +19,8 @@ from vllm_plphp.config import PlphpConfig
 
 MODEL = MODEL_DIR
 N_PER_TASK = 10
+REF_PER_TASK = 3  # examples per task checked against the HF reference, per policy
+MAX_REF_TOKENS = 40  # whole answers (captions run to ~30 tokens)
 EXACT = ("color", "shape", "count", "position", "differ", "spot", "compare")
 
 pytestmark = pytest.mark.skipif(not (MODEL / "config.json").is_file(),
@@ -87,21 +91,77 @@ def test_plphp_default_prunes_and_keeps_most_of_the_score(runs, blind):
     assert ours >= stock - 0.15 and ours >= runs.score(blind[0]) + 0.1, (ours, stock)
 
 
-@pytest.mark.parametrize("override", [None, {"policy": "fastv", "k": 2, "fastv_r": 0.75}],
-                         ids=["plphp", "fastv"])
-def test_trained_model_equals_reference(runs, override):
+@pytest.fixture(scope="module")
+def reference():
     from plphp_dev.reference import ReferenceModel
 
-    ref = ReferenceModel(str(MODEL))
-    picks = [i for i, ex in enumerate(runs.examples) if ex.task in ("differ", "spot", "color")][::4]
-    outs, _ = runs.run(override)
-    config = PlphpConfig() if override is None else PlphpConfig().replace(**override)
-    eos = ref.processor.tokenizer.eos_token_id
-    for i in picks[:6]:
-        ex = runs.examples[i]
-        from plphp_dev.quality.tasks import prompt_text
+    return ReferenceModel(str(MODEL))
 
-        tokens, _ = ref.generate(prompt_text(ex), ex.images, 24, config)
-        ours = list(outs[i].outputs[0].token_ids)
+
+def _keep_maps_by_layer(runs, picks, override, layers):
+    """Engine outputs of `picks` and, per pick, the kept positions per KV head
+    of one pruned layer (the layers rotate over the picks)."""
+    outs, maps = {}, {}
+    try:
+        for j, layer in enumerate(layers):
+            group = picks[j::len(layers)]
+            runs.llm.collective_rpc("plphp_record_keep", args=(layer,))
+            got = runs.llm.generate([runs.inputs[i] for i in group], _params(override, MAX_REF_TOKENS),
+                                    use_tqdm=False)
+            kept = runs.llm.collective_rpc("plphp_keep_maps")[0]
+            for i, o in zip(group, got):
+                outs[i] = list(o.outputs[0].token_ids)
+                maps[i] = next(v for k, v in kept.items()
+                               if k == o.request_id or k.startswith(f"{o.request_id}-"))
+                assert maps[i]["layer"] == layer
+    finally:
+        runs.llm.collective_rpc("plphp_record_keep", args=(None,))
+    return outs, maps
+
+
+@pytest.mark.parametrize("override", [None, {"policy": "fastv", "k": 2, "fastv_r": 0.75}],
+                         ids=["plphp", "fastv"])
+def test_every_task_equals_reference(runs, reference, override):
+    """Every task, count / compare / caption included: the engine's answer
+    equals the HF reference's token for token, and in one pruned layer per
+    example (the layers rotate) each KV head keeps exactly the vision tokens
+    the reference keeps, so a wrong kept token shows even where it would not
+    change the answer."""
+    from plphp_dev.quality.tasks import TASKS, prompt_text
+
+    n_layers = reference.num_layers
+    picks = [i for t in TASKS for i in [k for k, ex in enumerate(runs.examples) if ex.task == t][:REF_PER_TASK]]
+    config = PlphpConfig() if override is None else PlphpConfig().replace(**override)
+    layers = [l for l in range(n_layers) if (config.is_pruned_layer(l, n_layers) if override is None
+                                             else l >= config.k)]
+    outs, maps = _keep_maps_by_layer(runs, picks, override, layers)
+    eos = reference.processor.tokenizer.eos_token_id
+    checked = Counter()
+    for i in picks:
+        ex = runs.examples[i]
+        # as many tokens as the engine gave: an early or a missing EOS still shows
+        tokens, _ = reference.generate(prompt_text(ex), ex.images, len(outs[i]), config)
         expected = tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
-        assert ours == expected, (ex.task, ex.question)
+        assert outs[i] == expected, (ex.task, ex.question)
+        m = maps[i]
+        vision = {p for img in m["images"] for p in img}
+        ref_keep = reference.last_run.masks[m["layer"]]
+        assert len(m["keep"]) == ref_keep.shape[0]
+        for h, row in enumerate(m["keep"]):
+            ref_rows = set(torch.nonzero(ref_keep[h])[:, 0].tolist()) & vision
+            assert set(row) & vision == ref_rows, (ex.task, m["layer"], h)
+        checked[ex.task] += 1
+    assert sorted(checked) == sorted(TASKS) and min(checked.values()) == REF_PER_TASK
+    assert len({m["layer"] for m in maps.values()}) == len(layers)
+
+
+def test_per_head_off_ablation_shares_the_kept_tokens(runs):
+    """per_head=False (the per-head ablation): every KV head keeps the same
+    vision tokens, as many as PLPHP keeps per head."""
+    picks = [k for k, ex in enumerate(runs.examples) if len(ex.images) > 1][:3]
+    _, own = _keep_maps_by_layer(runs, picks, None, [4])
+    _, shared = _keep_maps_by_layer(runs, picks, {"per_head": False}, [4])
+    for i in picks:
+        rows = shared[i]["keep"]
+        assert all(r == rows[0] for r in rows) and len(rows[0]) == len(own[i]["keep"][0])
+    assert any(len({tuple(r) for r in own[i]["keep"]}) > 1 for i in picks)  # per-head differs
