@@ -42,10 +42,21 @@ def parse_override(base: PlphpConfig, value) -> PlphpConfig | None:
         raise PlphpConfigError(
             f"vllm_xargs.plphp has unknown key(s) {unknown} (allowed: {list(OVERRIDABLE)})"
         )
+    if "per_head" in value:  # vllm_xargs carries numbers and strings only
+        value = {**value, "per_head": _bool(value["per_head"])}
     try:
         return base.replace(**value)
     except PlphpConfigError as e:
         raise PlphpConfigError(f"vllm_xargs.{e}") from None
+
+
+def _bool(value):
+    """True / False from a bool, 0 / 1, or "true" / "false" / "0" / "1" (else unchanged:
+    the config names the bad value)."""
+    if isinstance(value, bool):
+        return value
+    return {0: False, 1: True, "0": False, "1": True, "false": False,
+            "true": True}.get(value.lower() if isinstance(value, str) else value, value)
 
 
 def config_for_request(base: PlphpConfig, sampling_params) -> PlphpConfig | None:

@@ -62,6 +62,10 @@ def test_request_override():
     with pytest.raises(PlphpConfigError, match="unknown key"):
         parse_override(base, {"skip_first": 0})
     assert parse_override(base, {"per_head": False}).per_head is False
+    assert parse_override(base, {"per_head": "false"}).per_head is False
+    assert parse_override(base, {"per_head": 1}).per_head is True
+    with pytest.raises(PlphpConfigError, match="plphp.per_head='no'"):
+        parse_override(base, {"per_head": "no"})
 
 
 def test_flat_request_keys_and_string_forms():
