@@ -22,7 +22,7 @@ MAX_TOKENS = 6
 @pytest.fixture(scope="module")
 def server(llava_path):
     srv = Server(llava_path, "--data-parallel-size", "2", plphp={}, kv_bytes=96 << 20,
-                 timeout=600)
+                 timeout=900)
     yield srv
     srv.stop()
 
