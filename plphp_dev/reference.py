@@ -25,7 +25,9 @@ Selection (P = prompt length, H query heads, Hkv KV heads, G = H / Hkv, item j
   KV head g scores position k by the mean (or max) of A[h, S, k] over its query
   heads h = g*G .. g*G+G-1 (HF's repeat_kv layout); per item j it keeps the
   K_j = max(1, floor(r_l * S_j)) best-scored positions, ties going to the
-  lower position; every non-vision position is kept.
+  lower position; every non-vision position is kept. With per_head false
+  (the paper's per-head ablation) every KV head scores by the mean over all
+  H query heads, so all heads keep the same positions.
 - FastV: layer K-1's row averaged over all heads ranks all vision positions
   together; every head of every layer >= K keeps the top floor((1-R) * S).
 - VTW: every layer >= K drops all vision positions.
@@ -47,7 +49,7 @@ import torch
 IMPL_NAME = "eager"  # HF's own eager attention; nothing registered
 
 DEFAULTS = dict(r=0.4, delta_r=0.3, alpha=0.25, beta=0.1, gqa_reduce="mean",
-                skip_first=2, skip_last=1, policy="plphp", k=2, fastv_r=0.5)
+                skip_first=2, skip_last=1, policy="plphp", k=2, fastv_r=0.5, per_head=True)
 
 _ATTN_NAME = re.compile(r"(?:^|\.)(?:language_model|text_model)\.(?:model\.)?layers\.(\d+)\.self_attn$")
 
@@ -98,6 +100,8 @@ def plphp_keep(probs: torch.Tensor, items: list[torch.Tensor], num_kv_heads: int
     for g in range(num_kv_heads):
         rows = probs[g * group:(g + 1) * group].double()  # this KV head's query heads
         score = rows.mean(0) if s["gqa_reduce"] == "mean" else rows.max(0).values
+        if not s["per_head"]:  # the paper's per-head ablation: one ranking, all query heads
+            score = probs.double().mean(0)
         for positions in items:
             keep[g, positions] = False
             keep[g, top_positions(score, positions, kept_count(rate, positions.numel()))] = True

@@ -147,6 +147,19 @@ def test_decode_kernel_reads_compacted_lengths(family):
             assert lens == [full], name
 
 
+def test_per_head_ablation_equals_reference(family):
+    """per_head=False (every KV head keeps the same tokens, ranked by the
+    attention averaged over all query heads): equal to the reference's own
+    reading of the ablation, tokens and kept lengths."""
+    ours, records = family.run({"per_head": False})
+    config = PlphpConfig().replace(per_head=False)
+    for case in IMAGE_CASES:
+        ref_tokens, ref_records = family.reference(case, config)
+        assert ours[case] == ref_tokens, f"case {CASES[case]}"
+        assert {l: r["kept"] for l, r in records[case].items()} == \
+            {l: r["kept"] for l, r in ref_records.items()}
+
+
 BASELINES = [
     {"policy": "fastv", "k": 3, "fastv_r": 0.75},
     {"policy": "fastv", "k": 2, "fastv_r": 0.5},
