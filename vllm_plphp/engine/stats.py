@@ -161,4 +161,4 @@ class PrometheusMirror:
             if value:
                 self.counters[name].inc(value)
         for rate in step.get("rates", ()):
-            self.retention.observe(round(rate, 9))  # 0.4 + 0.3 counts as 0.7, as in write()
+            self.retention.observe(round(rate, 9))  # 0.4 + 0.3 counts as 0.7, as in add()
