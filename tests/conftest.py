@@ -19,6 +19,13 @@ MAX_TOKENS = 12
 EAGER = not gpu_defaults.enabled()
 
 
+def fp8_cpu_cache() -> bool:
+    """vLLM's CPU fp8 KV cache needs x86 with AVX-512 or AMX (it refuses otherwise)."""
+    import torch
+
+    return torch.cpu._is_avx512_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def engine_kwargs(path: str, backend: str | None = None, plphp: dict | None = None, **kw):
     """Keyword arguments of a small, deterministic CPU engine on a fixture."""
     args = dict(

@@ -8,7 +8,7 @@ fp8_e4m3), one reference model for the module.
 
 import pytest
 
-from tests.conftest import MAX_TOKENS, greedy, make_llm, token_ids
+from tests.conftest import MAX_TOKENS, fp8_cpu_cache, greedy, make_llm, token_ids
 from plphp_dev.fixtures.prompts import get_prompt, prompt_inputs
 
 CASES = [(1, 0), (2, 3), (0, 0)]  # (num_images, seed)
@@ -23,19 +23,12 @@ def ref(llava_path):
 
 @pytest.fixture(scope="module", params=["fp8", "fp8_e5m2"])
 def engine(request, llava_path):
-    from vllm import _custom_ops  # noqa: F401  (registers the CPU ops)
-    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
-    import torch
-
-    try:
-        _get_attn_isa(torch.float32, 32, 64, request.param)
-    except NotImplementedError as e:  # vLLM's CPU fp8 cache needs AVX-512 or AMX
-        pytest.skip(str(e))
     llm = make_llm(llava_path, "plphp", kv_cache_dtype=request.param)
     yield request.param, llm
     llm.llm_engine.engine_core.shutdown()
 
 
+@pytest.mark.skipif(not fp8_cpu_cache(), reason="vLLM's CPU fp8 KV cache needs AVX-512 or AMX")
 def test_fp8_engine_equals_fp8_reference(engine, ref):
     from plphp_dev.kv_quant import use_fp8_kv
     from vllm_plphp.config import PlphpConfig
