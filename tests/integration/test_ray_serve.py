@@ -8,7 +8,7 @@ worker pruning (records read from both ranks through vLLM's dev-mode
 engine core, which applies the workers' prune events and writes the stats
 file, is a local child of `vllm serve`; the workers are Ray actors under the
 nodes' raylets and send their events back only inside the ModelRunnerOutput.
-Pipeline parallelism under Ray is refused at start-up."""
+Pipeline parallelism under Ray is refused at start-up (untested there)."""
 
 import glob
 import json
@@ -152,9 +152,9 @@ def test_stats_stay_on_the_api_servers_host(served, workload):
 
 def test_pipeline_parallel_under_ray_is_refused(served, llava_path):
     """Refused where the engine config is built, before Ray is asked for
-    anything (README, "Not supported"), under Ray as under mp."""
+    anything (README, "Not supported"): the stage exchange is untested under Ray."""
     from tests.conftest import make_llm
     from vllm_plphp.frontend.validate import PlphpUnsupportedError
 
-    with pytest.raises(PlphpUnsupportedError, match="pipeline parallelism"):
+    with pytest.raises(PlphpUnsupportedError, match="pipeline parallelism under the Ray executor"):
         make_llm(llava_path, "plphp", pipeline_parallel_size=2, distributed_executor_backend="ray")

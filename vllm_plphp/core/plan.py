@@ -56,9 +56,11 @@ class PruneTarget:
     def num_vision(self) -> int:
         return sum(int(p.numel()) for p in self.images)
 
-    def expects_pruning(self, num_layers: int) -> bool:
-        """Whether the request's policy prunes at least one of the model's layers."""
-        return any(self.policy.prunes_layer(l, num_layers) for l in range(num_layers))
+    def expects_pruning(self, num_layers: int, layers=None) -> bool:
+        """Whether the request's policy prunes at least one of `layers` (default:
+        all the model's layers; a pipeline stage passes its own)."""
+        layers = range(num_layers) if layers is None else layers
+        return any(self.policy.prunes_layer(l, num_layers) for l in layers)
 
 
 def first_vision_offset(mm_features) -> int | None:

@@ -41,12 +41,19 @@ class PlphpWorker:
         self.config: PlphpConfig = from_vllm_config(vllm_config)
         self.num_layers: int = vllm_config.model_config.hf_text_config.num_hidden_layers
         self.layer_to_group: dict[str, int] = {}
+        # decoder layers held by this worker (all of them, except under
+        # pipeline parallelism, where each stage holds its own)
+        self.local_layers: list[int] = list(range(self.num_layers))
         self.adapter = None  # the runner adapter (vllm_plphp.worker.runner_v1 / runner_v2)
         # pruning kernels: None (Triton on CUDA, torch elsewhere), "torch" or "triton"
         self.kernels: str | None = None
         self.step: StepContext | None = None
         # events, stats and planned ids of finished steps not yet handed to an output
         self.outbox = StepContext()
+        # pipeline parallel (vllm_plphp.worker.pipeline): the stage exchange,
+        # and whether a step pruned since the last exchange
+        self.stages = None
+        self.exchange_due = False
         self.records: dict[str, dict[int, LayerRecord]] = {}
         self.finished: OrderedDict = OrderedDict()
         # seconds spent scoring + compacting, and in the steps that pruned
@@ -64,6 +71,9 @@ class PlphpWorker:
             for gid, group in enumerate(kv_cache_config.kv_cache_groups)
             for name in group.layer_names
         }
+        from vllm.model_executor.models.utils import extract_layer_index
+
+        self.local_layers = sorted(extract_layer_index(name) for name in self.layer_to_group)
 
     # ---------------------------------------------------------------- steps
     def begin_step(self) -> StepContext:
@@ -95,6 +105,7 @@ class PlphpWorker:
 
             commit_pending(self, step)
         self.step = None
+        self.exchange_due = self.exchange_due or bool(step.targets)
         out = self.outbox
         out.planned.extend(step.planned)
         for req_id, groups in step.events.items():
@@ -105,7 +116,8 @@ class PlphpWorker:
             else:
                 out.count(name, value)
         missing = [t.req_id for t in step.targets
-                   if t.expects_pruning(self.num_layers) and not step.layers_pruned.get(t.req_id)]
+                   if t.expects_pruning(self.num_layers, self.local_layers)
+                   and not step.layers_pruned.get(t.req_id)]
         if missing:
             raise RuntimeError(
                 f"PLPHP planned to prune request(s) {missing[:4]} in this step but no "
@@ -113,6 +125,13 @@ class PlphpWorker:
                 "run its pruning (another attention backend, or attention replayed inside a "
                 "full CUDA graph). Refusing to continue with unpruned caches."
             )
+
+    def exchange_stages(self) -> None:
+        """After a step's sampling: under pipeline parallelism, hand this
+        stage's events to the last stage (or collect the others' there)."""
+        if self.stages is not None and self.exchange_due:
+            self.exchange_due = False
+            self.stages.exchange(self)
 
     def take_outbox(self) -> StepContext | None:
         out = self.outbox

@@ -29,6 +29,25 @@ def kv_cache_dtypes() -> list[str]:
     return [d for d in _stock_backend().supported_kv_cache_dtypes if d in readable]
 
 
+def fastv_stage_problem(config: PlphpConfig, vllm_config) -> str | None:
+    """FastV ranks vision tokens once, at layer K-1, and prunes every layer >= K
+    with that ranking; under pipeline parallelism the ranking is not carried to
+    later stages, so layer K-1 must lie on the last stage. None when fine."""
+    pp = vllm_config.parallel_config.pipeline_parallel_size
+    if config.policy != "fastv" or pp <= 1 or vllm_config.model_config is None:
+        return None
+    from vllm.distributed.utils import get_pp_indices
+
+    num_layers = vllm_config.model_config.hf_text_config.num_hidden_layers
+    last_start = get_pp_indices(num_layers, pp - 1, pp)[0]
+    if config.k - 1 >= last_start:
+        return None
+    return (f"policy 'fastv' with k={config.k} under pipeline parallelism: its ranking "
+            f"layer {config.k - 1} is not on the last stage (layers {last_start}.."
+            f"{num_layers - 1}), and the ranking is not carried across stages; use "
+            f"k >= {last_start + 1}, policy 'plphp' or 'vtw', or tensor parallelism")
+
+
 def _refusals(vllm_config) -> list[str]:
     """One sentence per unsupported feature that is on."""
     from vllm.platforms import current_platform
@@ -51,10 +70,18 @@ def _refusals(vllm_config) -> list[str]:
         out.append(f"kv_cache_dtype {cache_dtype!r} (with the wrapped "
                    f"{_stock_backend().get_name()} backend PLPHP reads "
                    f"{', '.join(kv_cache_dtypes())})")
-    if parallel.pipeline_parallel_size > 1:
-        out.append("pipeline parallelism (not yet: vLLM returns only the last stage's step "
-                   "output, so the other stages' prune events would never reach the "
-                   "scheduler); use tensor parallelism (--tensor-parallel-size)")
+    if parallel.pipeline_parallel_size > 1 and not vllm_config.use_v2_model_runner:
+        out.append("pipeline parallelism under Model Runner V1 (PLPHP carries the "
+                   "stages' prune events to the scheduler in Model Runner V2 only, "
+                   "vLLM's default where Triton runs; V1's pipeline path is untested "
+                   "with PLPHP); use VLLM_USE_V2_MODEL_RUNNER=1 or tensor parallelism")
+    if parallel.pipeline_parallel_size > 1 and parallel.distributed_executor_backend == "ray":
+        out.append("pipeline parallelism under the Ray executor (PLPHP's stage exchange is "
+                   "tested with the multiprocessing executor only); use "
+                   "--distributed-executor-backend mp, or tensor parallelism under Ray")
+    problem = fastv_stage_problem(from_vllm_config(vllm_config), vllm_config)
+    if problem:
+        out.append(problem)
     if parallel.decode_context_parallel_size > 1 or parallel.prefill_context_parallel_size > 1:
         out.append("context parallelism (KV entries split across ranks by position); "
                    "use tensor parallelism")

@@ -6,7 +6,8 @@ checked where vLLM checks the rest of a request, so a bad value is an HTTP 400
 (or a ValueError from `LLM.generate`) naming the field, and never reaches the
 worker.
 How: after the original, when the engine runs PLPHP and the request carries a
-`plphp` / `plphp_<key>` extra arg, parse it against the engine's settings; a PlphpConfigError
+`plphp` / `plphp_<key>` extra arg, parse it against the engine's settings (and refuse FastV settings a pipeline
+stage split cannot serve); a PlphpConfigError
 becomes vLLM's VLLMValidationError (a ValueError, mapped to 400 by the server).
 vLLM versions checked: 0.32.0.
 Remove when: vLLM lets plugins validate extra_args.
@@ -17,6 +18,7 @@ from vllm.sampling_params import SamplingParams
 from vllm.v1.engine.input_processor import InputProcessor
 
 from vllm_plphp.config import PlphpConfigError, from_vllm_config
+from vllm_plphp.frontend.validate import fastv_stage_problem
 from vllm_plphp.patches import original, patch, plphp_selected
 from vllm_plphp.request_config import config_from_extra_args, has_plphp_args
 
@@ -29,9 +31,12 @@ def _validate_params(self, params, *args, **kwargs):
         if base is None:
             base = self._plphp_base = from_vllm_config(self.vllm_config)
         try:
-            config_from_extra_args(base, extra)
+            config = config_from_extra_args(base, extra)
         except PlphpConfigError as e:
             raise VLLMValidationError(str(e), parameter="vllm_xargs.plphp") from None
+        problem = config and fastv_stage_problem(config, self.vllm_config)
+        if problem:
+            raise VLLMValidationError(f"vllm_xargs.plphp: {problem}", parameter="vllm_xargs.plphp")
     return result
 
 

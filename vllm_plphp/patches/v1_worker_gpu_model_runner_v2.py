@@ -14,9 +14,11 @@ exists before CUDA graph capture; otherwise the originals run alone):
 request bookkeeping around add/finish/remove; `gather_batch_req_state` (after):
 plan the step and keep a pruning step out of full CUDA graphs; `prepare_attn`
 (after): per-step shifts and shifted slot mappings; `execute_model`: close the
-step; `sample_tokens`: attach the events to the output.
+step; `sample_tokens`: under pipeline parallelism, the stages' events go to
+the last stage (vllm_plphp.worker.pipeline); attach the events to the output.
 vLLM versions checked: 0.32.0 (synchronous and async scheduling, eager and
-torch.compile; on CPU through Triton's interpreter, tests/support/gpu_defaults.py).
+torch.compile, pipeline parallel 2; on CPU through Triton's interpreter,
+tests/support/gpu_defaults.py).
 Remove when: vLLM gives attention backends per-request, per-group lengths.
 """
 

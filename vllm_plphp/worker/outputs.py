@@ -56,6 +56,9 @@ def step_hooks(runner_cls, adapter_of) -> dict:
     def sample_tokens(self, *args, **kwargs):
         output = original(runner_cls, "sample_tokens")(self, *args, **kwargs)
         adapter = adapter_of(self)
-        return output if adapter is None else attach_outbox(adapter.worker, output)
+        if adapter is None:
+            return output
+        adapter.worker.exchange_stages()  # pipeline parallel only
+        return attach_outbox(adapter.worker, output)
 
     return {"execute_model": execute_model, "sample_tokens": sample_tokens}

@@ -28,6 +28,7 @@ from vllm_plphp.core.plan import RequestInfo, plan_step
 from vllm_plphp.core.worker import PlphpWorker, worker_for
 from vllm_plphp.patches import plphp_selected
 from vllm_plphp.worker.backend import attach_layers, log_attached
+from vllm_plphp.worker.pipeline import stage_exchange
 
 
 class V2Adapter:
@@ -142,6 +143,7 @@ def attach(runner) -> V2Adapter | None:
     worker.set_groups(runner.kv_cache_config)
     attach_layers(worker, runner.vllm_config)
     runner._plphp = worker.adapter = V2Adapter(runner, worker)
+    worker.stages = stage_exchange(runner.vllm_config)
     log_attached(worker.adapter, runner.vllm_config)
     return runner._plphp
 

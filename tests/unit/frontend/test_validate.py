@@ -7,16 +7,20 @@ import pytest
 import torch
 from vllm.platforms import current_platform
 
-from vllm_plphp.frontend.validate import PlphpUnsupportedError, _refusals, validate_engine_config
+from vllm_plphp.config import PlphpConfig
+from vllm_plphp.frontend.validate import (PlphpUnsupportedError, _refusals, fastv_stage_problem,
+                                          validate_engine_config)
 
 
 def config(**changes):
     c = SimpleNamespace(
         model_config=SimpleNamespace(use_mla=False, dtype=torch.float32),
         parallel_config=SimpleNamespace(pipeline_parallel_size=1, decode_context_parallel_size=1,
+                                        distributed_executor_backend="mp",
                                         prefill_context_parallel_size=1, enable_dbo=False),
         cache_config=SimpleNamespace(cache_dtype="auto", enable_prefix_caching=False),
-        speculative_config=None, kv_transfer_config=None, additional_config={})
+        speculative_config=None, kv_transfer_config=None, additional_config={},
+        use_v2_model_runner=False)
     for path, value in changes.items():
         obj = c
         *parents, last = path.split(".")
@@ -30,7 +34,7 @@ CASES = {
     "model_config.use_mla": (True, "MLA"),
     "speculative_config": (object(), "speculative decoding"),
     "cache_config.cache_dtype": ("fp8_inc", "kv_cache_dtype 'fp8_inc'"),
-    "parallel_config.pipeline_parallel_size": (2, "pipeline parallelism"),
+    "parallel_config.pipeline_parallel_size": (2, "pipeline parallelism under Model Runner V1"),
     "parallel_config.decode_context_parallel_size": (2, "context parallelism"),
     "parallel_config.prefill_context_parallel_size": (2, "context parallelism"),
     "parallel_config.enable_dbo": (True, "dual-batch overlap"),
@@ -73,3 +77,25 @@ def test_kv_cache_dtypes_plphp_cannot_read_are_refused(dtype):
     """bfloat16: not a CPU_ATTN cache dtype; the others: scales PLPHP does not read."""
     assert any(f"kv_cache_dtype {dtype!r}" in r and "CPU_ATTN" in r
                for r in _refusals(config(**{"cache_config.cache_dtype": dtype})))
+
+
+def test_pipeline_parallel_passes_under_model_runner_v2():
+    """V2 carries the stages' events (vllm_plphp.worker.pipeline)."""
+    c = config(**{"parallel_config.pipeline_parallel_size": 2, "use_v2_model_runner": True})
+    assert _refusals(c) == []
+    c.parallel_config.distributed_executor_backend = "ray"
+    assert any("pipeline parallelism under the Ray executor" in r for r in _refusals(c))
+
+
+@pytest.mark.parametrize("k,refused", [(2, True), (12, True), (13, False), (20, False)])
+def test_fastv_ranking_layer_must_be_on_the_last_stage(k, refused):
+    """24 layers on 2 stages: 0..11 and 12..23; FastV ranks at layer k-1."""
+    c = config(**{"parallel_config.pipeline_parallel_size": 2, "use_v2_model_runner": True,
+                  "model_config.hf_text_config": SimpleNamespace(num_hidden_layers=24),
+                  "additional_config": {"plphp": {"policy": "fastv", "k": k}}})
+    problems = [r for r in _refusals(c) if "fastv" in r]
+    assert bool(problems) == refused
+    if refused:
+        assert f"ranking layer {k - 1} is not on the last stage (layers 12..23)" in problems[0]
+        assert "k >= 13" in problems[0]
+    assert fastv_stage_problem(PlphpConfig(policy="vtw", k=2), c) is None
