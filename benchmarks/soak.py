@@ -22,12 +22,11 @@ answers every text-only request and every image request that opted out of
 pruning (`"plphp": "false"`) exactly as PLPHP did. Prints the counts; exits 1
 on any loss.
 
-Known (README, Limitations): an image request preempted after it has started
-decoding is re-prefilled together with its generated tokens, whose KV is then
-computed against the unpruned cache, so its later tokens can differ from the
-request served alone. Such requests are found from PLPHP's per-request prune
-line in the server log (pruned twice) and reported; they count as losses
-unless --allow-preemption-drift.
+Preempted image requests (found from PLPHP's per-request prune line in the
+server log: pruned twice) are reported separately: PLPHP recomputes their
+generated tokens over the pruned layers (README, Limitations), so any
+difference from the request served alone is a loss unless
+--allow-preemption-drift (which reports them without failing).
 """
 
 from __future__ import annotations

@@ -120,3 +120,59 @@ def test_preemption_under_memory_pressure_repeats_pruning(llava_path, roomy):
         assert free[-1] == start
     finally:
         llm.llm_engine.engine_core.shutdown()
+
+
+def test_request_preempted_mid_decode_continues_as_alone(roomy):
+    """vLLM recomputes a preempted request from scratch, prompt and generated
+    tokens together. The generated tokens were decoded over the pruned layers,
+    so the recompute stops its chunk at the prompt's end (pruning runs there)
+    and recomputes them over the pruned layers in the next step: the answer
+    goes on as if never preempted. The preemption is vLLM's own
+    (`Scheduler._preempt_request`, as under memory pressure), at a fixed step."""
+    import time
+
+    cases = [("mid0", prompt_inputs("llava", 1, 0)), ("mid1", prompt_inputs("llava", 2, 3))]
+    params = greedy(48, plphp={"r": 0.1, "delta_r": 0.0})  # far from the full cache
+    alone = {}
+    for req_id, prompt in cases:
+        alone.update(run_steps(roomy, {0: [(f"{req_id}-alone", prompt)]}, params)[0])
+    engine, scheduler = roomy.llm_engine, scheduler_of(roomy)
+    start = pool_free(roomy)
+    ends, prompt_len = {}, {}  # req_id -> where each scheduled chunk ends
+    original = scheduler.schedule
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        for internal_id in out.num_scheduled_tokens:
+            request = scheduler.requests[internal_id]
+            req_id = internal_id.rsplit("-", 1)[0]  # vLLM appends a suffix to ids
+            prompt_len[req_id] = request.num_prompt_tokens
+            ends.setdefault(req_id, []).append(request.num_computed_tokens)
+        return out
+
+    scheduler.schedule = recording
+    try:
+        for req_id, prompt in cases:
+            engine.add_request(req_id, prompt, params)
+        outputs, step, preempted_at = {}, 0, {}
+        while engine.has_unfinished_requests():
+            if step == 20:  # both requests are decoding
+                for request in list(scheduler.running):
+                    preempted_at[request.request_id.rsplit("-", 1)[0]] = \
+                        len(ends[request.request_id.rsplit("-", 1)[0]])
+                    scheduler.running.remove(request)
+                    scheduler._preempt_request(request, time.monotonic())
+            for out in engine.step():
+                if out.finished:
+                    outputs[out.request_id] = list(out.outputs[0].token_ids)
+            step += 1
+    finally:
+        scheduler.schedule = original
+    assert set(preempted_at) == {r for r, _ in cases}
+    for req_id, _ in cases:
+        p, after = prompt_len[req_id], ends[req_id][preempted_at[req_id]:]
+        # the recompute: a chunk ending at the prompt's end, then one with the
+        # tokens generated before the preemption
+        assert after[0] == p and after[1] > p + 1, after[:3]
+        assert outputs[req_id] == alone[f"{req_id}-alone"], req_id
+    assert pool_free(roomy) == start

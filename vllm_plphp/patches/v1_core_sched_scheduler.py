@@ -1,4 +1,5 @@
-"""Target: vllm.v1.core.sched.scheduler.Scheduler.update_from_output
+"""Target: vllm.v1.core.sched.scheduler.Scheduler.update_from_output and
+Scheduler._reserve_prefill_lookahead
 
 Why: after the worker prunes a request's layer, the tail blocks of that
 layer's block list must return to vLLM's block pool, so more requests fit and
@@ -13,22 +14,36 @@ with async scheduling one step later, after the scheduler already allocated
 the in-flight step at full length (`vllm_plphp.core.blocks` keeps both sides'
 block lists equal either way). Requests that already left the manager
 (aborted, finished) are skipped. Engines without PLPHP skip all of it.
+
+`_reserve_prefill_lookahead` (the last cap vLLM puts on a request's new tokens,
+for running and waiting requests alike): a preempted request is recomputed
+from scratch, prompt and generated tokens together. Its generated tokens must
+see the pruned cache, as they did when they were decoded, so a chunk of an
+image request that would run past the prompt's end stops at it; the next step
+recomputes the generated tokens over the pruned layers. Fresh requests
+(nothing generated yet) and text-only requests are unaffected.
 vLLM versions checked: 0.32.0 (synchronous and async scheduling).
-Remove when: vLLM has a worker-to-KV-cache-manager channel.
+Remove when: vLLM has a worker-to-KV-cache-manager channel and lets a plugin
+end a prefill chunk.
 """
 
 from vllm.v1.core.sched.scheduler import Scheduler
 
+from vllm_plphp.core.plan import first_vision_offset
 from vllm_plphp.engine.commit import apply_output, awaiting_first_token, check_first_tokens
 from vllm_plphp.patches import original, patch, plphp_selected
 from vllm_plphp.worker.outputs import read
 
 
-def _update_from_output(self, scheduler_output, model_runner_output, *args, **kwargs):
-    on = getattr(self, "_plphp_on", None)
+def _on(scheduler) -> bool:
+    on = getattr(scheduler, "_plphp_on", None)
     if on is None:
-        on = self._plphp_on = plphp_selected(self.vllm_config)
-    if not on:
+        on = scheduler._plphp_on = plphp_selected(scheduler.vllm_config)
+    return on
+
+
+def _update_from_output(self, scheduler_output, model_runner_output, *args, **kwargs):
+    if not _on(self):
         return original(Scheduler, "update_from_output")(
             self, scheduler_output, model_runner_output, *args, **kwargs)
     data = read(model_runner_output)
@@ -40,5 +55,16 @@ def _update_from_output(self, scheduler_output, model_runner_output, *args, **kw
     return result
 
 
+def _reserve_prefill_lookahead(self, request, num_computed_tokens, num_new_tokens):
+    num_new_tokens = original(Scheduler, "_reserve_prefill_lookahead")(
+        self, request, num_computed_tokens, num_new_tokens)
+    prompt_end = request.num_prompt_tokens
+    if (num_computed_tokens < prompt_end < num_computed_tokens + num_new_tokens
+            and _on(self) and first_vision_offset(request.mm_features) is not None):
+        return prompt_end - num_computed_tokens
+    return num_new_tokens
+
+
 def apply() -> None:
     patch(Scheduler, "update_from_output", _update_from_output)
+    patch(Scheduler, "_reserve_prefill_lookahead", _reserve_prefill_lookahead)
