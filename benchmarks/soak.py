@@ -211,8 +211,7 @@ def main() -> int:
     ap.add_argument("--drain-timeout", type=float, default=600)
     ap.add_argument("--allow-preemption-drift", action="store_true",
                     help="report, but do not fail on, preempted image requests whose answer differs from "
-                         "the same request alone (the re-prefill recomputes their generated tokens from "
-                         "the unpruned cache; see the README)")
+                         "the same request alone (for comparing vLLM versions; none is expected)")
     ap.add_argument("--json", help="write the summary here")
     args = ap.parse_args()
 
