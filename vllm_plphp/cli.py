@@ -80,7 +80,10 @@ def run_inspect(args) -> dict:
     llm = LLM(model=args.model, attention_backend="plphp", additional_config={"plphp": settings},
               worker_extension_cls=WORKER_EXT, dtype=args.dtype, max_model_len=args.max_model_len,
               kv_cache_memory_bytes=args.kv_mib << 20,
-              limit_mm_per_prompt={"video" if args.video else "image": 1})
+              limit_mm_per_prompt={"video" if args.video else "image": 1},
+              # one prefill: torch.compile's warm-up (minutes on CPU) would cost
+              # more than it saves; pruning runs the same either way
+              enforce_eager=not args.compile)
     try:
         num_layers = llm.llm_engine.model_config.hf_text_config.num_hidden_layers
         layer = args.layer if args.layer is not None else num_layers // 2
@@ -162,6 +165,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--kv-mib", type=int, default=256)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model as vLLM does by default (slower for one prefill)")
     args = ap.parse_args(argv)
     result = run_inspect(args)
     print_table(result)
