@@ -217,12 +217,13 @@ class ReferenceModel:
             return args, {**kwargs, "attention_mask": per_head}
         return hook
 
-    def _item_positions(self, inputs) -> list[torch.Tensor]:
+    def _item_positions(self, inputs, images=None, videos=None) -> list[torch.Tensor]:
         """Per image / video item, its vision-token positions, in prompt order."""
         ids = inputs["input_ids"][0]
         items = []
-        for token, grid, values in ((self.image_token_id, "image_grid_thw", "pixel_values"),
-                                    (self.video_token_id, "video_grid_thw", "pixel_values_videos")):
+        for token, grid, values, given in (
+                (self.image_token_id, "image_grid_thw", "pixel_values", images),
+                (self.video_token_id, "video_grid_thw", "pixel_values_videos", videos)):
             if token is None:
                 continue
             positions = torch.nonzero(ids == token)[:, 0]
@@ -236,9 +237,28 @@ class ReferenceModel:
                 breaks = torch.nonzero(positions[1:] != positions[:-1] + 1)[:, 0] + 1
                 runs = torch.tensor_split(positions, breaks.tolist())
                 n = len(inputs[values])
+                if len(runs) != n and given:  # image splitting: several runs per item
+                    items += self._group_runs(runs, given, token)
+                    continue
                 assert len(runs) == n, f"{len(runs)} placeholder runs for {n} items"
                 items += list(runs)
         return sorted(items, key=lambda p: int(p[0]))
+
+    def _group_runs(self, runs, given, token) -> list[torch.Tensor]:
+        """Runs of placeholder tokens grouped by item, for processors that expand
+        one item into several runs (Idefics3 / SmolVLM: one run per tile and one
+        for the downscaled whole image). How many runs an item has is counted by
+        processing that item alone."""
+        kind = "images" if token == self.image_token_id else "videos"
+        placeholder = self.processor.image_token if kind == "images" else self.processor.video_token
+        counts = []
+        for item in given:
+            alone = self.processor(text=[placeholder], **{kind: [item]}, return_tensors="pt")
+            positions = torch.nonzero(alone["input_ids"][0] == token)[:, 0]
+            counts.append(1 + int((positions[1:] != positions[:-1] + 1).sum()))
+        assert sum(counts) == len(runs), f"{len(runs)} placeholder runs, items alone have {counts}"
+        bounds = [sum(counts[:i]) for i in range(len(counts) + 1)]
+        return [torch.cat(runs[a:b]) for a, b in zip(bounds, bounds[1:])]
 
     _image_positions = _item_positions  # (older name, used by tests)
 
@@ -247,7 +267,7 @@ class ReferenceModel:
         kwargs = {"text": [prompt], "return_tensors": "pt"}
         kwargs.update({"images": images} if images else {})
         kwargs.update({"videos": videos} if videos else {})
-        return self._item_positions(self.processor(**kwargs))
+        return self._item_positions(self.processor(**kwargs), images, videos)
 
     @torch.no_grad()
     def generate(self, prompt: str, images=None, max_tokens: int = 16, config=None, videos=None):
@@ -262,7 +282,7 @@ class ReferenceModel:
             kwargs["videos"] = videos
         inputs = self.processor(**kwargs)
         run = _Run(settings=settings_dict(config), num_layers=self.num_layers)
-        run.images = self._item_positions(inputs)
+        run.images = self._item_positions(inputs, images, videos)
         run.prompt_len = inputs["input_ids"].shape[1]
         self._run = run
         try:

@@ -6,7 +6,9 @@ lengths equal the reference; kept lengths follow each item's own budget.
 Families: Qwen2.5-VL (windowed ViT; images);
 LLaVA-OneVision (anyres tiles with image-newline tokens, pooled video frames);
 LLaVA-NeXT (CLIP + Llama, anyres tiles with image-newline tokens);
-Qwen3-VL (interleaved M-RoPE, DeepStack features added in early layers).
+Qwen3-VL (interleaved M-RoPE, DeepStack features added in early layers);
+Idefics3 / SmolVLM (image splitting: an image's tiles and global view are
+several placeholder runs of one item, with one budget).
 LLaVA and Qwen2-VL: tests/integration/test_plphp_matches_reference.py.
 """
 
@@ -22,6 +24,8 @@ FAMILIES = {
     "llava_onevision": [("image",), ("image", "image"), (), ("video",), ("image", "video")],
     "llava_next": [("image",), ("image", "image"), ()],
     "qwen3_vl": [("image",), ("image", "image"), ()],
+    # (each image: 2 tiles + the global view, three runs of 64 tokens, one item)
+    "idefics3": [("image",), ("image", "image"), ()],
 }
 
 
