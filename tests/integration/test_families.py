@@ -8,7 +8,9 @@ LLaVA-OneVision (anyres tiles with image-newline tokens, pooled video frames);
 LLaVA-NeXT (CLIP + Llama, anyres tiles with image-newline tokens);
 Qwen3-VL (interleaved M-RoPE, DeepStack features added in early layers);
 Idefics3 / SmolVLM (image splitting: an image's tiles and global view are
-several placeholder runs of one item, with one budget).
+several placeholder runs of one item, with one budget);
+Mistral-3 (Pixtral ViT with 2D RoPE, patch merger; an image's rows are runs
+split by [IMG_BREAK], one item).
 LLaVA and Qwen2-VL: tests/integration/test_plphp_matches_reference.py.
 """
 
@@ -26,6 +28,8 @@ FAMILIES = {
     "qwen3_vl": [("image",), ("image", "image"), ()],
     # (each image: 2 tiles + the global view, three runs of 64 tokens, one item)
     "idefics3": [("image",), ("image", "image"), ()],
+    # (each image: 12 rows of 16 [IMG] tokens split by [IMG_BREAK], one item)
+    "mistral3": [("image",), ("image", "image"), ()],
 }
 
 
