@@ -10,7 +10,9 @@ Qwen3-VL (interleaved M-RoPE, DeepStack features added in early layers);
 Idefics3 / SmolVLM (image splitting: an image's tiles and global view are
 several placeholder runs of one item, with one budget);
 Mistral-3 (Pixtral ViT with 2D RoPE, patch merger; an image's rows are runs
-split by [IMG_BREAK], one item).
+split by [IMG_BREAK], one item);
+InternVL (HF layout, served by vLLM's InternS1 model: InternViT, dynamic tiles
+and a thumbnail, Qwen2 text).
 LLaVA and Qwen2-VL: tests/integration/test_plphp_matches_reference.py.
 """
 
@@ -30,6 +32,8 @@ FAMILIES = {
     "idefics3": [("image",), ("image", "image"), ()],
     # (each image: 12 rows of 16 [IMG] tokens split by [IMG_BREAK], one item)
     "mistral3": [("image",), ("image", "image"), ()],
+    # (each image: 2 tiles + thumbnail in one run of 192 tokens)
+    "internvl": [("image",), ("image", "image"), ()],
 }
 
 
