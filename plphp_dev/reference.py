@@ -217,13 +217,18 @@ class ReferenceModel:
             return args, {**kwargs, "attention_mask": per_head}
         return hook
 
-    def _item_positions(self, inputs, images=None, videos=None) -> list[torch.Tensor]:
+    def _item_positions(self, inputs, images=None, videos=None, prompt=None) -> list[torch.Tensor]:
         """Per image / video item, its vision-token positions, in prompt order."""
         ids = inputs["input_ids"][0]
         items = []
+        image_items = [("images", x) for x in images or []]
+        if videos and self.video_token_id is None:
+            # (InternVL: a video's frames use the image token, one run per frame)
+            image_items = self._prompt_order(prompt, images or [], videos)
         for token, grid, values, given in (
-                (self.image_token_id, "image_grid_thw", "pixel_values", images),
-                (self.video_token_id, "video_grid_thw", "pixel_values_videos", videos)):
+                (self.image_token_id, "image_grid_thw", "pixel_values", image_items),
+                (self.video_token_id, "video_grid_thw", "pixel_values_videos",
+                 [("videos", x) for x in videos or []])):
             if token is None:
                 continue
             positions = torch.nonzero(ids == token)[:, 0]
@@ -236,8 +241,8 @@ class ReferenceModel:
             else:  # one run of placeholder tokens per item (prompts separate their items)
                 breaks = torch.nonzero(positions[1:] != positions[:-1] + 1)[:, 0] + 1
                 runs = torch.tensor_split(positions, breaks.tolist())
-                n = len(inputs[values])
-                if len(runs) != n and given:  # image splitting: several runs per item
+                n = len(given) if given else len(inputs[values])
+                if len(runs) != n and given:  # several runs per item (tiles, rows, frames)
                     items += self._group_runs(runs, given, token)
                     continue
                 assert len(runs) == n, f"{len(runs)} placeholder runs for {n} items"
@@ -247,18 +252,28 @@ class ReferenceModel:
     def _group_runs(self, runs, given, token) -> list[torch.Tensor]:
         """Runs of placeholder tokens grouped by item, for processors that expand
         one item into several runs (Idefics3 / SmolVLM: one run per tile and one
-        for the downscaled whole image). How many runs an item has is counted by
+        for the downscaled whole image; Mistral-3: one per row; InternVL video:
+        one per frame). ``given``: ("images" | "videos", item) in prompt order. How many runs an item has is counted by
         processing that item alone."""
-        kind = "images" if token == self.image_token_id else "videos"
-        placeholder = self.processor.image_token if kind == "images" else self.processor.video_token
         counts = []
-        for item in given:
+        for kind, item in given:
+            placeholder = self.processor.image_token if kind == "images" else self.processor.video_token
             alone = self.processor(text=[placeholder], **{kind: [item]}, return_tensors="pt")
             positions = torch.nonzero(alone["input_ids"][0] == token)[:, 0]
             counts.append(1 + int((positions[1:] != positions[:-1] + 1).sum()))
         assert sum(counts) == len(runs), f"{len(runs)} placeholder runs, items alone have {counts}"
         bounds = [sum(counts[:i]) for i in range(len(counts) + 1)]
         return [torch.cat(runs[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+    def _prompt_order(self, prompt, images, videos) -> list[tuple[str, object]]:
+        """("images" | "videos", item) in the order of their placeholders in ``prompt``."""
+        marks = []
+        for kind, given, placeholder in (("images", images, self.processor.image_token),
+                                         ("videos", videos, self.processor.video_token)):
+            starts = [m.start() for m in re.finditer(re.escape(placeholder), prompt)]
+            assert len(starts) == len(given), f"{len(starts)} {placeholder!r} for {len(given)} {kind}"
+            marks += [(start, kind, item) for start, item in zip(starts, given)]
+        return [(kind, item) for _, kind, item in sorted(marks, key=lambda m: m[0])]
 
     _image_positions = _item_positions  # (older name, used by tests)
 
@@ -267,7 +282,7 @@ class ReferenceModel:
         kwargs = {"text": [prompt], "return_tensors": "pt"}
         kwargs.update({"images": images} if images else {})
         kwargs.update({"videos": videos} if videos else {})
-        return self._item_positions(self.processor(**kwargs), images, videos)
+        return self._item_positions(self.processor(**kwargs), images, videos, prompt)
 
     @torch.no_grad()
     def generate(self, prompt: str, images=None, max_tokens: int = 16, config=None, videos=None):
@@ -282,7 +297,7 @@ class ReferenceModel:
             kwargs["videos"] = videos
         inputs = self.processor(**kwargs)
         run = _Run(settings=settings_dict(config), num_layers=self.num_layers)
-        run.images = self._item_positions(inputs, images, videos)
+        run.images = self._item_positions(inputs, images, videos, prompt)
         run.prompt_len = inputs["input_ids"].shape[1]
         self._run = run
         try:

@@ -32,8 +32,9 @@ FAMILIES = {
     "idefics3": [("image",), ("image", "image"), ()],
     # (each image: 12 rows of 16 [IMG] tokens split by [IMG_BREAK], one item)
     "mistral3": [("image",), ("image", "image"), ()],
-    # (each image: 2 tiles + thumbnail in one run of 192 tokens)
-    "internvl": [("image",), ("image", "image"), ()],
+    # (each image: 2 tiles + thumbnail in one run of 192 tokens; a video: one run
+    # of 64 image-token positions per frame, one item)
+    "internvl": [("image",), ("image", "image"), (), ("video",), ("image", "video")],
 }
 
 
