@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def soak(tmp_path_factory, llava_path):
     out = tmp_path_factory.mktemp("soak") / "summary.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--duration", "45", "--seed", "3",
-           "--rate", "1.5", "--prompts", "2", "--json", str(out),
+           "--rate", "1.5", "--prompts", "2", "--kv-mib", "28", "--json", str(out),
            *(["--eager"] if EAGER else [])]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     summary = json.loads(out.read_text()) if out.exists() else {}
