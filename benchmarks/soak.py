@@ -205,7 +205,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-inflight", type=int, default=16)
     ap.add_argument("--prompts", type=int, default=4, help="distinct image seeds per image count")
-    ap.add_argument("--kv-mib", type=int, default=32, help="KV budget (--kv-cache-memory-bytes)")
+    ap.add_argument("--kv-mib", type=int, default=28, help="KV budget (--kv-cache-memory-bytes)")
     ap.add_argument("--variant", default="tiny", help="LLaVA fixture variant")
     ap.add_argument("--eager", action="store_true", help="--enforce-eager (tests: shorter start)")
     ap.add_argument("--drain-timeout", type=float, default=600)
