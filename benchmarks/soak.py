@@ -2,7 +2,7 @@
 bounded mix of real OpenAI-client traffic with faults, then checks that
 nothing leaked and no answer changed.
 
-  .venv/bin/python benchmarks/soak.py                # 3 minutes of traffic at 1.2 req/s
+  .venv/bin/python benchmarks/soak.py                # 3 minutes of traffic at 1.5 req/s
   .venv/bin/python benchmarks/soak.py --duration 600 --rate 1.5 --seed 7
   (CI: tests/integration/test_soak.py runs 45 s, --seed 3 --rate 1.5 --prompts 2)
 
@@ -201,7 +201,7 @@ def soak(model: str, args) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=180, help="seconds of traffic (default 180)")
-    ap.add_argument("--rate", type=float, default=1.2, help="mean requests per second (Poisson)")
+    ap.add_argument("--rate", type=float, default=1.5, help="mean requests per second (Poisson)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-inflight", type=int, default=16)
     ap.add_argument("--prompts", type=int, default=4, help="distinct image seeds per image count")
