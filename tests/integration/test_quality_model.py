@@ -119,20 +119,21 @@ def _keep_maps_by_layer(runs, picks, override, layers):
     return outs, maps
 
 
-@pytest.mark.parametrize("override", [None, {"policy": "fastv", "k": 2, "fastv_r": 0.75}],
-                         ids=["plphp", "fastv"])
+@pytest.mark.parametrize("override", [None, {"policy": "fastv", "k": 2, "fastv_r": 0.75},
+                                      {"per_head": False}], ids=["plphp", "fastv", "shared_heads"])
 def test_every_task_equals_reference(runs, reference, override):
     """Every task, count / compare / caption included: the engine's answer
     equals the HF reference's token for token, and in one pruned layer per
     example (the layers rotate) each KV head keeps exactly the vision tokens
     the reference keeps, so a wrong kept token shows even where it would not
-    change the answer."""
+    change the answer.  "shared_heads" is the per-head ablation of the
+    quality benchmark (per_head=False: one ranking for all KV heads)."""
     from plphp_dev.quality.tasks import TASKS, prompt_text
 
     n_layers = reference.num_layers
     picks = [i for t in TASKS for i in [k for k, ex in enumerate(runs.examples) if ex.task == t][:REF_PER_TASK]]
     config = PlphpConfig() if override is None else PlphpConfig().replace(**override)
-    layers = [l for l in range(n_layers) if (config.is_pruned_layer(l, n_layers) if override is None
+    layers = [l for l in range(n_layers) if (config.is_pruned_layer(l, n_layers) if config.policy == "plphp"
                                              else l >= config.k)]
     outs, maps = _keep_maps_by_layer(runs, picks, override, layers)
     eos = reference.processor.tokenizer.eos_token_id
@@ -165,3 +166,38 @@ def test_per_head_off_ablation_shares_the_kept_tokens(runs):
         rows = shared[i]["keep"]
         assert all(r == rows[0] for r in rows) and len(rows[0]) == len(own[i]["keep"][0])
     assert any(len({tuple(r) for r in own[i]["keep"]}) > 1 for i in picks)  # per-head differs
+
+
+CHAT_PER_KIND = 3
+
+
+def test_chat_prompts_layer_rule_equals_reference(runs, reference):
+    """The quality benchmark's chat prompts (system prompt + earlier turns),
+    where the trained model's vision share gamma_l falls below alpha in some
+    layers so the layer rule gives balanced / indifferent rates: answers, and
+    per pruned layer the category, rate and kept length, equal the HF
+    reference's; at least three requests have a non-attentive layer (so the
+    rule is exercised, not just the uniform top-k)."""
+    from plphp_dev.quality.chat import chat_examples
+
+    config = PlphpConfig()
+    examples = chat_examples(CHAT_PER_KIND, 0)
+    inputs = [{"prompt": ex.prompt, "multi_modal_data": {"image": list(ex.images)}} for ex in examples]
+    outs = runs.llm.generate(inputs, _params(None, MAX_REF_TOKENS), use_tqdm=False)
+    records = runs.llm.collective_rpc("plphp_records", args=([o.request_id for o in outs],))[0]
+    eos = reference.processor.tokenizer.eos_token_id
+    ruled = 0
+    for ex, out in zip(examples, outs):
+        ours = list(out.outputs[0].token_ids)
+        tokens, ref = reference.generate(ex.prompt, ex.images, len(ours), config)
+        assert ours == (tokens[: tokens.index(eos) + 1] if eos in tokens else tokens), ex.task
+        rec = {int(l): r for l, r in records[out.request_id].items()}
+        assert sorted(rec) == sorted(ref)
+        for layer, r in ref.items():
+            assert rec[layer]["gamma"] == pytest.approx(r["gamma"], abs=1e-4)
+            if min(abs(r["gamma"] - config.alpha), abs(r["gamma"] - config.beta)) > 1e-3:
+                assert config.category(rec[layer]["gamma"]) == config.category(r["gamma"])
+                assert rec[layer]["rate"] == pytest.approx(r["rate"])
+                assert rec[layer]["kept"] == r["kept"], (ex.task, layer)
+        ruled += any(config.category(r["gamma"]) != "A" for r in ref.values())
+    assert ruled >= 3, ruled
