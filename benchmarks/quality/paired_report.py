@@ -10,7 +10,7 @@ from collections import Counter
 
 import numpy as np
 
-from paired import bracket, fmt, paired_gap
+from paired import bracket, fmt, half_width, paired_gap
 
 TASK_ORDER = ("color", "shape", "count", "position", "differ", "spot", "compare", "caption")
 MULTI = ("differ", "spot", "compare")
@@ -53,6 +53,16 @@ def scores_table(suite: dict, title: str) -> None:
               + f" | {sc['avg']:.3f} | {ret:.3f} | {kv:.3f} | {kb:.3f} |")
 
 
+def widths(out: dict) -> None:
+    """The widest 95% half-width of a table, on the average and per task."""
+    avg = [half_width(g["avg"]) for g in out.values() if "avg" in g]
+    per = [(half_width(v), t, k) for k, g in out.items() for t, v in g.items() if t != "avg"]
+    if per:
+        w, t, k = max(per)
+        print(f"\nwidest half-width: average {100 * max(avg or [0]):.1f} points; "
+              f"per task {100 * w:.1f} ({t}, {' / '.join(k)})")
+
+
 def gap_table(suite: dict, pairs: list[tuple[str, str]], title: str) -> dict:
     tasks = _tasks(suite)
     print(f"\n#### {title} (points, 95% paired bootstrap interval)\n")
@@ -63,6 +73,7 @@ def gap_table(suite: dict, pairs: list[tuple[str, str]], title: str) -> dict:
         g = paired_gap(_diff(suite, a, b))
         out[(a, b)] = g
         print(f"| {a} - {b} | " + " | ".join(fmt(g[t]) for t in tasks) + f" | {fmt(g['avg'])} |")
+    widths(out)
     return out
 
 
@@ -92,6 +103,7 @@ def matched_table(suite: dict, plphp_names: list[str], key: str, title: str) -> 
             avg = fmt(g["avg"]) if len(diffs) == len(tasks) else "n/a"
             out[(name, method)] = g
             print(f"| {name} | {method} | " + " | ".join(cells[t] for t in tasks) + f" | {avg} |")
+    widths({k: g for k, g in out.items() if g})
     return out
 
 
