@@ -2,7 +2,7 @@
 with paired intervals against stock (the quality section of RESULTS.md).
 
     nice -n 10 .venv/bin/python benchmarks/quality/bench_paired.py \\
-        [--n-plain 100] [--n-chat 80] [--raw benchmarks/quality/paired_raw.json.gz] [--resume]
+        [--n-plain 1200] [--n-chat 200] [--raw benchmarks/quality/paired_raw.json.gz] [--resume]
     .venv/bin/python benchmarks/quality/bench_paired.py --report-only   # tables from --raw
 
 Two prompt suites, both from held-out data (split "test"):
@@ -102,8 +102,22 @@ def make_engine(plphp_backend: bool):
     return LLM(**kw)
 
 
+META = ("retention", "kv", "kv_blocks", "cats", "rate")  # from the engine's per-request records
+CHUNK = 2000  # requests per generate call: the worker keeps the records of the last 4096 finished
+
+
 def run_setting(llm, items, overrides, num_layers: int, block: int) -> dict:
     """overrides: one per item (None: stock / no override)."""
+    res = {k: [] for k in ("score", "tokens", "eos", "text") + META}
+    for start in range(0, len(items), CHUNK):
+        part = run_chunk(llm, items[start:start + CHUNK], overrides[start:start + CHUNK],
+                         num_layers, block)
+        for k in res:
+            res[k].extend(part[k])
+    return res
+
+
+def run_chunk(llm, items, overrides, num_layers: int, block: int) -> dict:
     from vllm import SamplingParams
 
     from vllm_plphp.config import PlphpConfig
@@ -118,27 +132,62 @@ def run_setting(llm, items, overrides, num_layers: int, block: int) -> dict:
     if any(o is not None for o in overrides):
         records = llm.collective_rpc("plphp_records", args=([o.request_id for o in outs],))[0]
     cfg = PlphpConfig()
-    res = {k: [] for k in ("score", "tokens", "eos", "retention", "kv", "kv_blocks", "cats",
-                           "rate", "text")}
-    for (task, _, _, answer), out in zip(items, outs):
+    res = {k: [] for k in ("score", "tokens", "eos", "text") + META}
+    for (task, _, _, answer), out, override in zip(items, outs, overrides):
         o = out.outputs[0]
-        rec = {int(l): r for l, r in (records.get(out.request_id) or {}).items()}
-        total = len(out.prompt_token_ids)
-        kept = [rec[l]["kept"] if l in rec else total for l in range(num_layers)]
         res["score"].append(score(task, o.text.strip(), answer))
         res["tokens"].append(len(o.token_ids))
         res["eos"].append(o.finish_reason == "stop")
         res["text"].append(o.text.strip())
-        res["retention"].append(mean_retention(
-            {l: r["vision_kept"] / r["vision"] for l, r in rec.items()}, num_layers))
-        res["kv"].append(sum(kept) / (num_layers * total))
-        res["kv_blocks"].append(sum(math.ceil(k / block) for k in kept)
-                                / (num_layers * math.ceil(total / block)))
-        gammas = [rec[l]["gamma"] for l in sorted(rec)]
-        res["cats"].append("".join(cfg.category(g) if g == g else "-" for g in gammas))
-        rates = [rec[l]["rate"] for l in sorted(rec)]
-        res["rate"].append(sum(rates) / len(rates) if rates else 1.0)
+        for k, v in request_meta(records.get(out.request_id), override, len(out.prompt_token_ids),
+                                 num_layers, block, cfg, mean_retention).items():
+            res[k].append(v)
     return res
+
+
+def request_meta(record, override, total: int, num_layers: int, block: int, cfg, mean_retention) -> dict:
+    """Retention, KV, categories and mean rate of one request from its record.
+    Every request here has images, so a pruning request without a record is
+    an error, not an unpruned request."""
+    if override is not None and not record:
+        raise RuntimeError("a pruning request has no PLPHP record")
+    rec = {int(l): r for l, r in (record or {}).items()}
+    kept = [rec[l]["kept"] if l in rec else total for l in range(num_layers)]
+    gammas = [rec[l]["gamma"] for l in sorted(rec)]
+    rates = [rec[l]["rate"] for l in sorted(rec)]
+    return {
+        "retention": mean_retention({l: r["vision_kept"] / r["vision"] for l, r in rec.items()}, num_layers),
+        "kv": sum(kept) / (num_layers * total),
+        "kv_blocks": sum(math.ceil(k / block) for k in kept) / (num_layers * math.ceil(total / block)),
+        "cats": "".join(cfg.category(g) if g == g else "-" for g in gammas),
+        "rate": sum(rates) / len(rates) if rates else 1.0,
+    }
+
+
+def refill_records(llm, raw: dict, items: dict, plan: dict, per_task: int, num_layers: int, block: int) -> None:
+    """Runs of a version of this script that lost per-request records (META
+    is None there): rerun the first `per_task` of each task's affected
+    examples under the same setting and keep only their META (the prefill's
+    pruning decisions); scores stay those of the full run."""
+    for suite, settings in plan.items():
+        done = raw["suites"][suite]["settings"]
+        for name, override in settings.items():
+            if override is None or isinstance(override, tuple) or name not in done:
+                continue
+            missing = [i for i, r in enumerate(done[name]["rate"]) if r is None]
+            by_task: dict = {}
+            for i in missing:
+                by_task.setdefault(items[suite][i][0], []).append(i)
+            pick = [i for idx in by_task.values() for i in idx[:per_task]]
+            if not pick:
+                continue
+            part = run_setting(llm, [items[suite][i] for i in pick], [override] * len(pick), num_layers, block)
+            for j, i in enumerate(pick):
+                for k in META:
+                    done[name][k][i] = part[k][j]
+            raw.setdefault("refilled", {}).setdefault(suite, {})[name] = {
+                t: min(len(v), per_task) for t, v in by_task.items()}
+            print(f"[{suite} / {name}] records refilled for {len(pick)} examples", file=sys.stderr, flush=True)
 
 
 def done_in_plan_order(raw: dict, plan: dict) -> None:
@@ -172,17 +221,25 @@ def resume(raw: dict, old: dict, n_new: dict) -> None:
         idx = [b * n_old + k for b in range(blocks) for k in range(n)]
         assert [old["suites"][suite]["task"][i] for i in idx] == raw["suites"][suite]["task"]
         for name, res in old["suites"][suite]["settings"].items():
-            raw["suites"][suite]["settings"][name] = {k: [v[i] for i in idx] for k, v in res.items()}
+            res = {k: [v[i] for i in idx] for k, v in res.items()}
+            if name != "stock":  # every request prunes: no categories = a record the run lost
+                for k in META:
+                    res[k] = [None if c == "" else v for v, c in zip(res[k], res["cats"])]
+            raw["suites"][suite]["settings"][name] = res
+    raw["refilled"] = old.get("refilled", {})
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-plain", type=int, default=100, help="examples per task (plain suite)")
-    ap.add_argument("--n-chat", type=int, default=80, help="conversations per kind (chat suite)")
+    ap.add_argument("--n-plain", type=int, default=1200, help="examples per task (plain suite)")
+    ap.add_argument("--n-chat", type=int, default=200, help="conversations per kind (chat suite)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--raw", default=str(RAW))
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--refill-records", type=int, default=0, metavar="N",
+                    help="with --resume: rerun up to N examples per task whose records an earlier "
+                         "run lost, for their retention / KV / categories only")
     ap.add_argument("--resume", action="store_true",
                     help="keep the settings already in --raw (cut to the n asked) and run the rest")
     args = ap.parse_args()
@@ -214,6 +271,9 @@ def main() -> None:
             llm.llm_engine.engine_core.shutdown()
         llm = make_engine(backend)
         block = raw["block_size"] = llm.llm_engine.vllm_config.cache_config.block_size
+        if backend and args.refill_records:
+            refill_records(llm, raw, items, plan, args.refill_records, num_layers, block)
+            save_raw(args.raw, raw)
         for suite, settings in plan.items():
             done = raw["suites"][suite]["settings"]
             for name in run_order(settings):

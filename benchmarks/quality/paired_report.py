@@ -26,8 +26,11 @@ def _by_task(suite: dict, values) -> dict[str, np.ndarray]:
 
 
 def _mean(suite, setting, key) -> dict[str, float]:
-    d = _by_task(suite, suite["settings"][setting][key])
-    out = {t: float(v.mean()) for t, v in d.items()}
+    """Per-task means; None (a per-request record lost, bench_paired's
+    --refill-records) is left out."""
+    values, tasks = suite["settings"][setting][key], suite["task"]
+    out = {t: float(np.mean([v for v, tt in zip(values, tasks) if tt == t and v is not None]))
+           for t in _tasks(suite)}
     out["avg"] = float(np.mean(list(out.values())))
     return out
 
@@ -114,7 +117,7 @@ def category_table(suite: dict, names: list[str], num_layers: int) -> None:
     print("| setting | A | B | I | requests with a B or I layer | per layer (A/B/I) |")
     print("|---|---|---|---|---|---|")
     for name in names:
-        cats = s[name]["cats"]
+        cats = [c for c in s[name]["cats"] if c is not None]
         c = Counter("".join(cats))
         n = sum(c[k] for k in "ABI") or 1
         mixed = sum(1 for x in cats if set(x) - {"A"}) / len(cats)
@@ -171,6 +174,10 @@ def count_table(suite: dict, names: list[str]) -> None:
 def report(raw: dict) -> None:
     nl = raw["num_layers"]
     print(f"block size {raw.get('block_size')}, args {raw['args']}")
+    for suite, settings in raw.get("refilled", {}).items():
+        for name, per_task in settings.items():
+            print(f"{suite} / {name}: retention, KV and categories from a rerun of "
+                  + ", ".join(f"{n} {t}" for t, n in per_task.items()) + " examples (records lost)")
     plain = raw["suites"]["plain"]
     ps = plain["settings"]
     p_names = [k for k in ps if k.startswith("plphp")]
