@@ -223,8 +223,9 @@ def resume(raw: dict, old: dict, n_new: dict) -> None:
         for name, res in old["suites"][suite]["settings"].items():
             res = {k: [v[i] for i in idx] for k, v in res.items()}
             if name != "stock":  # every request prunes: no categories = a record the run lost
+                lost = [not c for c in res["cats"]]
                 for k in META:
-                    res[k] = [None if c == "" else v for v, c in zip(res[k], res["cats"])]
+                    res[k] = [None if gone else v for v, gone in zip(res[k], lost)]
             raw["suites"][suite]["settings"][name] = res
     raw["refilled"] = old.get("refilled", {})
 
