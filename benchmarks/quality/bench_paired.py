@@ -266,7 +266,9 @@ def main() -> None:
     for backend in (False, True):
         todo = [n for suite in plan for n, o in plan[suite].items()
                 if (o is None) != backend and n not in raw["suites"][suite]["settings"]]
-        if not todo:
+        lost = backend and args.refill_records and any(
+            None in r["rate"] for suite in raw["suites"].values() for r in suite["settings"].values())
+        if not todo and not lost:
             continue
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()
@@ -292,7 +294,8 @@ def main() -> None:
                       f"{time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
                 done_in_plan_order(raw, plan)
                 save_raw(args.raw, raw)
-    llm.llm_engine.engine_core.shutdown()
+    if llm is not None:
+        llm.llm_engine.engine_core.shutdown()
     report(raw)
 
 
