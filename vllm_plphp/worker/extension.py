@@ -23,6 +23,9 @@ class PlphpWorkerExtension:
 
         req_ids: user-facing ids (`RequestOutput.request_id`); the engine's
         internal id is that id plus a random "-suffix", and is matched too.
+        Finished requests keep their records up to the last
+        `core.worker.MAX_FINISHED_RECORDS` (4096); read them after every few
+        thousand requests (benchmarks/quality/bench_paired.py does).
         """
         merged = {**self._plphp.finished, **self._plphp.records}
         out = {}
