@@ -2,7 +2,7 @@
 with paired intervals against stock (the quality section of RESULTS.md).
 
     nice -n 10 .venv/bin/python benchmarks/quality/bench_paired.py \\
-        [--n-plain 1200] [--n-chat 80] [--raw benchmarks/quality/paired_raw.json.gz] [--resume]
+        [--n-plain 1200] [--n-chat 200] [--raw benchmarks/quality/paired_raw.json.gz] [--resume]
     .venv/bin/python benchmarks/quality/bench_paired.py --report-only   # tables from --raw
 
 Two prompt suites, both from held-out data (split "test"):
@@ -234,7 +234,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-plain", type=int, default=1200, help="examples per task (plain suite)")
-    ap.add_argument("--n-chat", type=int, default=80, help="conversations per kind (chat suite)")
+    ap.add_argument("--n-chat", type=int, default=200, help="conversations per kind (chat suite)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--raw", default=str(RAW))
     ap.add_argument("--report-only", action="store_true")
