@@ -3,6 +3,8 @@ abort, preemption, chunked prefill, mixed and joining requests all keep both
 the outputs and the pool right. Engine cores run in-process (block pool
 readable); one roomy and one memory-starved PLPHP engine for the module."""
 
+import contextlib
+
 import pytest
 
 from tests.conftest import greedy, make_inprocess_llm, run_steps, scheduler_of
@@ -90,33 +92,49 @@ def test_chunked_prefill_longer_than_chunk(llava_path, alone):
         llm.llm_engine.engine_core.shutdown()
 
 
+@contextlib.contextmanager
+def count_preemptions(llm):
+    """Yields the list of request ids vLLM's scheduler preempts on this engine
+    inside the block."""
+    scheduler = scheduler_of(llm)
+    preemptions = []
+    original = scheduler._preempt_request
+
+    def counting(request, *args, **kwargs):
+        preemptions.append(request.request_id)
+        return original(request, *args, **kwargs)
+
+    scheduler._preempt_request = counting
+    try:
+        yield preemptions
+    finally:
+        del scheduler._preempt_request  # the class's method again
+
+
 def test_preemption_under_memory_pressure_repeats_pruning(llava_path, roomy):
     # 22 MiB = 1408 blocks of 32 tokens x 1 layer; a 1-image request takes 456
     # at admission and 330 once pruned, so 3 run at once, and their long
     # decodes (24 blocks per 32 tokens each) run out of blocks: preemption.
+    # (Smaller pools admit fewer requests at once and need as many steps.)
     reqs = [(f"p{seed}", prompt_inputs("llava", 1, seed)) for seed in (0, 5, 9, 11, 13)]
     params = greedy(200)
-    alone = {}
-    for req_id, prompt in reqs:
-        alone.update(run_steps(roomy, {0: [(req_id, prompt)]}, params)[0])
+    # the reference: the same batch on the roomy engine, where it never
+    # preempts (one batch, not five runs alone: this test is 5x the decode
+    # steps of the others, and the rest of the module shows batching does not
+    # change answers)
+    with count_preemptions(roomy) as preempted:
+        unpressed, _ = run_steps(roomy, {0: reqs}, params)
+    assert not preempted
     llm = make_inprocess_llm(
         llava_path, "plphp", block_size=BLOCK, kv_cache_memory_bytes=22 << 20,
         max_model_len=1400, max_num_seqs=8, max_num_batched_tokens=4096,  # encoder cache: 7 images
     )
     try:
-        scheduler = scheduler_of(llm)
-        preemptions = []
-        original = scheduler._preempt_request
-
-        def counting(request, *args, **kwargs):
-            preemptions.append(request.request_id)
-            return original(request, *args, **kwargs)
-
-        scheduler._preempt_request = counting
         start = pool_free(llm)
-        outputs, free = run_steps(llm, {0: reqs}, params)
+        with count_preemptions(llm) as preemptions:
+            outputs, free = run_steps(llm, {0: reqs}, params)
         assert preemptions, "the workload did not preempt; shrink the KV budget"
-        assert outputs == {r: alone[r] for r, _ in reqs}
+        assert outputs == unpressed
         assert free[-1] == start
     finally:
         llm.llm_engine.engine_core.shutdown()
