@@ -3,7 +3,9 @@ validated dataclass, read once per process.
 
 Sources, lowest to highest precedence:
   1. defaults below (the paper's: r=0.4, delta_r=0.3, alpha=0.25, beta=0.1);
-  2. environment variables ``VLLM_PLPHP_<FIELD>`` (e.g. ``VLLM_PLPHP_R=0.3``);
+  2. environment variables ``PLPHP_<FIELD>`` (e.g. ``PLPHP_R=0.3``; vLLM reserves
+     ``VLLM_*`` and warns on names it does not know, so the old ``VLLM_PLPHP_<FIELD>``
+     names are refused with the new name);
   3. ``additional_config={"plphp": {...}}`` / ``--additional-config '{"plphp": {...}}'``
      (a preset file name from ``vllm_plphp/configs/`` may be given as ``{"plphp": {"preset": "..."}}``).
 A bad value raises ``PlphpConfigError`` naming the field, the value and the range.
@@ -17,7 +19,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-ENV_PREFIX = "VLLM_PLPHP_"
+ENV_PREFIX = "PLPHP_"
+OLD_ENV_PREFIX = "VLLM_PLPHP_"
 
 
 class PlphpConfigError(ValueError):
@@ -41,6 +44,12 @@ class PlphpConfig:
     # heads (same counts as per-head). The layer-rule ablation needs no switch:
     # delta_r=0 gives every pruned layer the rate r.
     per_head: bool = True
+    # Engine-wide (not per request): the stock attention backend PLPHP wraps,
+    # "auto" = vLLM's own pick on the platform (vllm_plphp.selection), and the
+    # pruning kernels: "auto" (fused Triton on CUDA, torch elsewhere), "triton"
+    # (also on CPU tensors under TRITON_INTERPRET=1, for tests), "torch".
+    backend: str = "auto"
+    kernels: str = "auto"
 
     def __post_init__(self) -> None:
         _check_range("r", self.r, 0.0, 1.0)
@@ -84,6 +93,17 @@ class PlphpConfig:
             raise PlphpConfigError(
                 f"plphp.per_head={self.per_head!r} is not allowed (allowed: true, false)"
             )
+        from vllm_plphp.selection import REFUSED, SUPPORTED, check
+
+        if self.backend != "auto":
+            if self.backend not in SUPPORTED and self.backend not in REFUSED:
+                raise PlphpConfigError(
+                    f"plphp.backend={self.backend!r} is not allowed "
+                    f"(allowed: 'auto', {', '.join(map(repr, SUPPORTED))})")
+            check(self.backend, "plphp.backend")
+        if self.kernels not in ("auto", "triton", "torch"):
+            raise PlphpConfigError(
+                f"plphp.kernels={self.kernels!r} is not allowed (allowed: 'auto', 'triton', 'torch')")
         for name in ("skip_first", "skip_last", "k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -163,6 +183,12 @@ def load_preset(name: str) -> dict:
 def from_dict(values: dict | None, env: dict | None = None) -> PlphpConfig:
     """Build the config from env vars and an ``additional_config["plphp"]`` dict."""
     env = os.environ if env is None else env
+    old = sorted(k for k in env if k.startswith(OLD_ENV_PREFIX) and k[len(OLD_ENV_PREFIX):].lower()
+                 in _FIELD_TYPES)
+    if old:
+        raise PlphpConfigError(
+            f"{old[0]} is no longer read: PLPHP's environment variables are "
+            f"{ENV_PREFIX}<KEY> (e.g. {ENV_PREFIX}{old[0][len(OLD_ENV_PREFIX):]})")
     merged: dict = {}
     for name in _FIELD_TYPES:
         raw = env.get(ENV_PREFIX + name.upper())

@@ -28,7 +28,7 @@ def test_worker_runs_plphp_impl_on_every_decoder_layer(plphp_llm):
     impls = plphp_llm.collective_rpc("plphp_attention_impls")[0]
     decoder = {k: v for k, v in impls.items() if "language_model" in k}
     assert len(decoder) == 24
-    assert set(decoder.values()) == {"vllm_plphp.worker.backend.PlphpImpl"}
+    assert set(decoder.values()) == {"vllm_plphp.worker.backend.PlphpCPUAttentionBackendImpl"}
 
 
 def test_each_layer_is_its_own_kv_cache_group(plphp_llm):

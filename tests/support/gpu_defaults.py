@@ -12,6 +12,8 @@ Model Runner V2 and async scheduling (../shared/DESIGN.md s.3).
   wrapper restores what vLLM resolved before the platform hook (on unless the
   caller passed `async_scheduling=False` or a feature rules it out).
 
+- vLLM's TRITON_ATTN attention backend, when asked for: tests/support/triton_attn_cpu.py.
+
 Targets: `triton.backends.backends` (read by `vllm.triton_utils.importing`),
 `vllm.platforms.cpu.CpuPlatform.check_and_update_config`. Test-only; never
 imported by the package. vLLM versions checked: 0.32.0. Remove when Triton
@@ -70,4 +72,8 @@ def enable() -> None:
             vllm_config.scheduler_config.async_scheduling = True
 
     CpuPlatform.check_and_update_config = classmethod(check_and_update_config)
+
+    from tests.support import triton_attn_cpu  # vLLM's TRITON_ATTN backend on CPU
+
+    triton_attn_cpu.enable()
     _enabled = True

@@ -39,11 +39,11 @@ def test_bad_values_name_field_value_and_range(values, field):
 
 
 def test_precedence_env_then_additional_config():
-    env = {"VLLM_PLPHP_R": "0.3", "VLLM_PLPHP_ALPHA": "0.5"}
+    env = {"PLPHP_R": "0.3", "PLPHP_ALPHA": "0.5"}
     c = from_dict({"alpha": 0.2}, env=env)
     assert (c.r, c.alpha) == (0.3, 0.2)
-    with pytest.raises(PlphpConfigError, match="VLLM_PLPHP_R"):
-        from_dict({}, env={"VLLM_PLPHP_R": "abc"})
+    with pytest.raises(PlphpConfigError, match="PLPHP_R"):
+        from_dict({}, env={"PLPHP_R": "abc"})
 
 
 def test_presets():
@@ -81,3 +81,10 @@ def test_flat_request_keys_and_string_forms():
         config_from_extra_args(base, {"plphp_alpha": 2})
     with pytest.raises(PlphpConfigError, match="unknown key"):
         config_from_extra_args(base, {"plphp_bogus": 1})
+
+
+def test_old_vllm_prefixed_env_names_are_refused_naming_the_new_one():
+    """vLLM reserves VLLM_* (it warns on names it does not know), so settings
+    moved to PLPHP_*; an old name is never silently ignored."""
+    with pytest.raises(PlphpConfigError, match="VLLM_PLPHP_R is no longer read.*PLPHP_R"):
+        from_dict({}, env={"VLLM_PLPHP_R": "0.3"})

@@ -47,5 +47,5 @@ def cpu_views(kv_cache: torch.Tensor, isa: str) -> tuple[torch.Tensor, torch.Ten
     return k, v
 
 
-def cuda_views(kv_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_views(kv_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return kv_cache[..., :head_size], kv_cache[..., head_size:]

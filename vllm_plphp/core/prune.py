@@ -9,7 +9,7 @@ all must keep the same entries), then per target: the policy's choice of kept
 entries, compaction, and the commit of the layer's new length through the
 runner adapter (`adapter.block_ids` / `adapter.commit`).
 
-On CUDA (Triton importable, `VLLM_PLPHP_GPU_KERNELS` not "0"), PLPHP-policy
+On CUDA (Triton importable, setting `kernels` not "torch"), PLPHP-policy
 layers take the batched path instead: one fused Triton call per layer for all
 of the step's targets (`vllm_plphp.gpu.ops.prune_layer_batched_`: scores,
 gamma_l, r_l, per-head top-K, in-place compaction on the device), with no host
@@ -24,7 +24,6 @@ import logging
 import time
 
 import torch
-from vllm.platforms import current_platform
 
 from vllm_plphp.core import compaction, kv_layout, scoring
 from vllm_plphp.core.policies import LayerScores
@@ -40,9 +39,10 @@ def layer_position(layer_name: str) -> int:
 
 
 def cache_views(impl, layer, kv_cache):
-    if current_platform.is_cpu():
+    """K and V views in the wrapped backend's layout (`impl.kv_layout`)."""
+    if impl.kv_layout == "cpu":
         return kv_layout.cpu_views(kv_cache, layer.isa)
-    return kv_layout.cuda_views(kv_cache, impl.head_size)
+    return kv_layout.split_views(kv_cache, impl.head_size)
 
 
 def _tp_size() -> int:
@@ -75,7 +75,7 @@ def _batched(worker: PlphpWorker, roles, kv_cache: torch.Tensor) -> bool:
     fp16/bf16/fp32 caches (fp8 caches take the torch path)."""
     if worker.kernels == "torch" or (worker.kernels is None and not kv_cache.is_cuda):
         return False
-    if kv_cache.dtype == torch.uint8:
+    if kv_cache.element_size() == 1:  # fp8 (stored as uint8 or float8)
         return False
     if any(policy.name != "plphp" or not (score and prune) for _, policy, score, prune in roles):
         return False

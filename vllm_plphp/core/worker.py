@@ -46,7 +46,7 @@ class PlphpWorker:
         self.local_layers: list[int] = list(range(self.num_layers))
         self.adapter = None  # the runner adapter (vllm_plphp.worker.runner_v1 / runner_v2)
         # pruning kernels: None (Triton on CUDA, torch elsewhere), "torch" or "triton"
-        self.kernels: str | None = None
+        self.kernels: str | None = None if self.config.kernels == "auto" else self.config.kernels
         self.step: StepContext | None = None
         # events, stats and planned ids of finished steps not yet handed to an output
         self.outbox = StepContext()

@@ -4,8 +4,6 @@ cannot serve correctly is refused here, naming it and what works instead."""
 
 from __future__ import annotations
 
-import torch
-
 from vllm_plphp.config import PlphpConfig, from_vllm_config
 from vllm_plphp.frontend.models import model_refusals
 
@@ -14,19 +12,51 @@ class PlphpUnsupportedError(ValueError):
     """A vLLM feature that PLPHP does not support was enabled."""
 
 
-def _stock_backend():
-    from vllm_plphp.worker.backend import PlphpAttentionBackend
+def stock_backend(name: str):
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
-    return PlphpAttentionBackend.__mro__[1]
+    return AttentionBackendEnum[name].get_class()
 
 
-def kv_cache_dtypes() -> list[str]:
-    """KV cache dtypes PLPHP serves: those the wrapped stock backend supports
-    that PLPHP can read (unquantized, or fp8 with one scale per layer)."""
+def kv_cache_dtypes(stock) -> list[str]:
+    """KV cache dtypes PLPHP serves on the wrapped stock backend: those it
+    supports that PLPHP can read (unquantized, or fp8 with one scale per layer;
+    not TRITON_ATTN's per-token-head quantized layouts)."""
     from vllm_plphp.core.kv_layout import FP8_DTYPES
 
     readable = ("auto", "float16", "bfloat16", *FP8_DTYPES)
-    return [d for d in _stock_backend().supported_kv_cache_dtypes if d in readable]
+    return [d for d in stock.supported_kv_cache_dtypes if d in readable]
+
+
+def _backend_refusals(config: PlphpConfig, vllm_config) -> list[str]:
+    """The wrapped backend: one PLPHP can wrap, for the model's dtype and KV
+    cache dtype; the pruning kernels runnable here."""
+    import os
+
+    from vllm.platforms import current_platform
+
+    from vllm_plphp.selection import wrapped_backend
+
+    out = []
+    if config.kernels == "triton" and not current_platform.is_cuda() \
+            and os.environ.get("TRITON_INTERPRET") != "1":
+        out.append("plphp.kernels 'triton' without CUDA (Triton's interpreter, "
+                   "TRITON_INTERPRET=1, runs them on CPU for tests); use 'auto'")
+    try:
+        name = wrapped_backend(vllm_config)
+    except ValueError as e:  # PlphpBackendError, or the platform finds no backend
+        return out + [str(e)]
+    stock = stock_backend(name)
+    model = vllm_config.model_config
+    if model is not None and model.dtype not in stock.supported_dtypes:
+        out.append(f"dtype {model.dtype} with the wrapped {name} backend (it takes "
+                   f"{', '.join(str(d) for d in stock.supported_dtypes)}); pass --dtype "
+                   "bfloat16, or another backend with plphp.backend")
+    cache_dtype = vllm_config.cache_config.cache_dtype or "auto"
+    if cache_dtype not in kv_cache_dtypes(stock):
+        out.append(f"kv_cache_dtype {cache_dtype!r} (with the wrapped {name} backend "
+                   f"PLPHP reads {', '.join(kv_cache_dtypes(stock))})")
+    return out
 
 
 def fastv_stage_problem(config: PlphpConfig, vllm_config) -> str | None:
@@ -56,20 +86,17 @@ def _refusals(vllm_config) -> list[str]:
     parallel = vllm_config.parallel_config
     out = []
     if not (current_platform.is_cpu() or current_platform.is_cuda()):
-        out.append(f"platform {current_platform.device_name!r}: PLPHP wraps CPU_ATTN on "
-                   "CPU and FLASH_ATTN on NVIDIA CUDA only")
+        out.append(f"platform {current_platform.device_name!r}: PLPHP runs on CPU "
+                   "(CPU_ATTN) and NVIDIA CUDA (FLASH_ATTN, TRITON_ATTN) only")
+        return out
     out += model_refusals(model)  # MLA, cross-attention, hybrid, chunked, sliding (models.py)
-    if current_platform.is_cuda() and model is not None and model.dtype == torch.float32:
-        out.append("float32 on CUDA (the wrapped FLASH_ATTN kernel takes fp16/bf16); "
-                   "pass --dtype bfloat16 or --dtype float16")
+    if out:  # the backend checks assume a model PLPHP can serve
+        return out
+    config = from_vllm_config(vllm_config)
+    out += _backend_refusals(config, vllm_config)
     if vllm_config.speculative_config is not None:
         out.append("speculative decoding (draft tokens would be written at unpruned "
                    "positions); remove --speculative-config")
-    cache_dtype = vllm_config.cache_config.cache_dtype or "auto"
-    if cache_dtype not in kv_cache_dtypes():
-        out.append(f"kv_cache_dtype {cache_dtype!r} (with the wrapped "
-                   f"{_stock_backend().get_name()} backend PLPHP reads "
-                   f"{', '.join(kv_cache_dtypes())})")
     if parallel.pipeline_parallel_size > 1 and not vllm_config.use_v2_model_runner:
         out.append("pipeline parallelism under Model Runner V1 (PLPHP carries the "
                    "stages' prune events to the scheduler in Model Runner V2 only, "
@@ -79,7 +106,7 @@ def _refusals(vllm_config) -> list[str]:
         out.append("pipeline parallelism under the Ray executor (PLPHP's stage exchange is "
                    "tested with the multiprocessing executor only); use "
                    "--distributed-executor-backend mp, or tensor parallelism under Ray")
-    problem = fastv_stage_problem(from_vllm_config(vllm_config), vllm_config)
+    problem = fastv_stage_problem(config, vllm_config)
     if problem:
         out.append(problem)
     if parallel.decode_context_parallel_size > 1 or parallel.prefill_context_parallel_size > 1:

@@ -14,7 +14,6 @@ otherwise. Nothing here imports vLLM.
 """
 
 from vllm_plphp.gpu.ops import (
-    ENV_SWITCH,
     LayerResult,
     LayerSelection,
     compact_,
@@ -36,7 +35,6 @@ from vllm_plphp.gpu.select import (
 )
 
 __all__ = [
-    "ENV_SWITCH",
     "BatchPlan",
     "LayerResult",
     "LayerSelection",

@@ -1,7 +1,7 @@
 """Dispatchers: Triton kernels on CUDA tensors, the torch oracle otherwise.
 
 `backend` on every function: None (auto: Triton when the tensors are on CUDA,
-Triton imports and `VLLM_PLPHP_GPU_KERNELS` is not "0"), "triton" or "torch".
+Triton imports; the engine's `kernels` setting "torch" passes "torch"), "triton" or "torch".
 The torch path is `vllm_plphp.core.scoring` / `vllm_plphp.core.compaction` (the oracle),
 looped over requests.
 
@@ -31,8 +31,6 @@ import torch
 from vllm_plphp.core import compaction, scoring
 from vllm_plphp.gpu.select import BatchPlan, make_plan, select_kept_batched, select_kept_device
 
-ENV_SWITCH = "VLLM_PLPHP_GPU_KERNELS"
-
 
 @functools.lru_cache(maxsize=1)
 def triton_available() -> bool:
@@ -54,7 +52,7 @@ def use_triton(tensor: torch.Tensor, backend: str | None = None) -> bool:
         return True
     if backend is not None:
         raise ValueError(f"unknown backend {backend!r} (allowed: None, 'triton', 'torch')")
-    return tensor.is_cuda and os.environ.get(ENV_SWITCH, "1") != "0" and triton_available()
+    return tensor.is_cuda and triton_available()
 
 
 def _ops():

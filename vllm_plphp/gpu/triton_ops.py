@@ -9,7 +9,7 @@ functions in `vllm_plphp.core.scoring` / `vllm_plphp.core.compaction` are the or
 Cache views are head-major and paged, any strides:
     cache: (num_blocks, Hkv, block_size, D)
 (vLLM 0.32 FLASH_ATTN: kv_cache (nb, Hkv, bs, 2D), K = [..., :D], V = [..., D:],
-so K and V are strided views of one tensor; `kv_layout.cuda_views` makes them).
+so K and V are strided views of one tensor; `kv_layout.split_views` makes them).
 A request's logical position p lives at (block_table[b, p // bs], p % bs).
 
 Kernels

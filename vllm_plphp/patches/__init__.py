@@ -15,7 +15,7 @@ ORIGINALS: dict[str, tuple[object, str, object]] = {}
 
 # Order matters only for readability: none of them depends on another.
 PATCH_MODULES = (
-    "vllm_plphp.patches.platforms_cpu",
+    "vllm_plphp.patches.platforms_select",
     "vllm_plphp.patches.engine_arg_utils",
     "vllm_plphp.patches.v1_engine_input_processor",
     "vllm_plphp.patches.entrypoints_serve_engine_serving",

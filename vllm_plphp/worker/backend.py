@@ -1,52 +1,44 @@
-"""The `PLPHP` attention backend: the platform's stock backend plus pruning.
+"""The `PLPHP` attention backend: a stock vLLM backend plus pruning.
+
+PLPHP wraps the backend vLLM would pick for the model on the platform (or the
+one the `backend` setting names; `vllm_plphp.worker.selection` decides), as
+subclasses of that backend's own classes:
 
 - Metadata builder: per layer (each layer is its own KV cache group), the stock
   kernel gets `seq_len - num_pruned(request, layer)`, so decode reads the
   compacted cache and nothing more. The lengths are written in place into a
   buffer the builder owns (same address every step), which is what a captured
   full CUDA graph reads when it replays; the per-(layer, row) shift is computed
-  once per step by the runner adapter (`StepContext.shift`).
+  once per step by the runner adapter (`StepContext.shift`). Replacing the
+  device `seq_lens` is all CPU_ATTN, FLASH_ATTN and TRITON_ATTN read.
 - Impl: after the stock forward of the step that reaches a request's last
   prompt token, scores that token's attention row against the layer's cached
   (post-RoPE) keys, picks r_l from gamma_l, keeps each KV head's top vision
-  tokens per image and compacts the cache in place (`vllm_plphp.core.prune`).
-CPU wraps CPU_ATTN; CUDA wraps FLASH_ATTN (import-time choice by platform).
+  tokens per image and compacts the cache in place (`vllm_plphp.core.prune`),
+  reading the cache through the wrapped backend's layout (`kv_layout`).
+
+`wrap(stock_backend)` builds the three classes once per stock backend; they
+are importable by path as `vllm_plphp.worker.backend.PLPHP_<STOCK NAME>`
+(e.g. `PLPHP_TRITON_ATTN`), which is what the platform patch returns to vLLM.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
-from vllm.platforms import current_platform
 
 from vllm_plphp.core.prune import prune_layer
 from vllm_plphp.core.worker import worker_for
 from vllm_plphp.log import logger
 
-if current_platform.is_cpu():
-    from vllm.v1.attention.backends.cpu_attn import (
-        CPUAttentionBackend as _StockBackend,
-    )
-    from vllm.v1.attention.backends.cpu_attn import (
-        CPUAttentionBackendImpl as _StockImpl,
-    )
-    from vllm.v1.attention.backends.cpu_attn import (
-        CPUAttentionMetadataBuilder as _StockBuilder,
-    )
-else:  # CUDA (other platforms are refused at start: vllm_plphp.frontend.validate)
-    from vllm.v1.attention.backends.flash_attn import (
-        FlashAttentionBackend as _StockBackend,
-    )
-    from vllm.v1.attention.backends.flash_attn import (
-        FlashAttentionImpl as _StockImpl,
-    )
-    from vllm.v1.attention.backends.flash_attn import (
-        FlashAttentionMetadataBuilder as _StockBuilder,
-    )
+PATH_PREFIX = "vllm_plphp.worker.backend.PLPHP_"
 
 
-class PlphpMetadataBuilder(_StockBuilder):
+class PlphpBuilderMixin:
+    """Mixed in before the stock metadata builder."""
+
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device, *args, **kwargs):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device, *args, **kwargs)
         self.plphp = worker_for(vllm_config)
@@ -74,9 +66,14 @@ class PlphpMetadataBuilder(_StockBuilder):
         return metadata
 
 
-class PlphpImpl(_StockImpl):
-    # the engine's PlphpWorker, set by the runner adapter when it attaches
-    plphp = None
+class PlphpImplMixin:
+    """Mixed in before the stock attention impl. `kv_layout` names how the
+    wrapped backend stores K/V ("cpu": CPU_ATTN's tiles; "split": K = [..., :D],
+    V = [..., D:] of (num_blocks, Hkv, block_size, 2D), FLASH_ATTN / TRITON_ATTN)."""
+
+    plphp = None  # the engine's PlphpWorker, set by the runner adapter when it attaches
+    kv_layout = "split"
+    wrapped_name = "?"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -91,9 +88,7 @@ class PlphpImpl(_StockImpl):
             raise NotImplementedError(
                 f"--attention-backend plphp does not support models with {', '.join(bad)}"
             )
-        logger.info_once(
-            "PLPHP attention backend active (wrapping %s)", _StockBackend.get_name()
-        )
+        logger.info_once("PLPHP attention backend active (wrapping %s)", self.wrapped_name)
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *a, **kw):
         out = super().forward(layer, query, key, value, kv_cache, attn_metadata, output, *a, **kw)
@@ -104,18 +99,54 @@ class PlphpImpl(_StockImpl):
         return out
 
 
-class PlphpAttentionBackend(_StockBackend):
-    @staticmethod
-    def get_name() -> str:
-        return "PLPHP"
+# how each supported stock backend stores K/V (vllm_plphp.core.kv_layout)
+KV_LAYOUTS = {"CPU_ATTN": "cpu", "FLASH_ATTN": "split", "TRITON_ATTN": "split"}
 
-    @staticmethod
-    def get_impl_cls():
-        return PlphpImpl
 
-    @staticmethod
-    def get_builder_cls():
-        return PlphpMetadataBuilder
+@functools.lru_cache(maxsize=None)
+def wrap(enum_name: str) -> type:
+    """The PLPHP backend class wrapping `AttentionBackendEnum[enum_name]`."""
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    if enum_name not in KV_LAYOUTS:
+        raise ValueError(f"PLPHP cannot wrap {enum_name} (supported: {sorted(KV_LAYOUTS)})")
+    stock = AttentionBackendEnum[enum_name].get_class()
+    stock_impl, stock_builder = stock.get_impl_cls(), stock.get_builder_cls()
+    impl = type(f"Plphp{stock_impl.__name__}", (PlphpImplMixin, stock_impl),
+                {"kv_layout": KV_LAYOUTS[enum_name], "wrapped_name": enum_name,
+                 "__module__": __name__})
+    builder = type(f"Plphp{stock_builder.__name__}", (PlphpBuilderMixin, stock_builder),
+                   {"__module__": __name__})
+    backend = type(f"PLPHP_{enum_name}", (stock,), {
+        "__module__": __name__,
+        "wrapped": stock,
+        "wrapped_name": enum_name,
+        "get_name": staticmethod(lambda: "PLPHP"),
+        "get_impl_cls": staticmethod(lambda: impl),
+        "get_builder_cls": staticmethod(lambda: builder),
+    })
+    for cls in (impl, builder, backend):  # importable (and picklable) by name
+        globals()[cls.__name__] = cls
+    return backend
+
+
+def __getattr__(name: str):
+    """`PLPHP_<STOCK>` classes by path (what vLLM resolves), and
+    `PlphpAttentionBackend` (the registered PLPHP path) as the wrapper of the
+    backend the current engine's settings choose."""
+    if name.startswith("PLPHP_"):
+        return wrap(name[len("PLPHP_"):])
+    if name == "PlphpAttentionBackend":
+        from vllm.config import get_current_vllm_config
+
+        from vllm_plphp.selection import wrapped_backend
+
+        return wrap(wrapped_backend(get_current_vllm_config()))
+    raise AttributeError(name)
+
+
+def is_plphp_impl(impl) -> bool:
+    return isinstance(impl, PlphpImplMixin)
 
 
 def attach_layers(worker, vllm_config) -> None:
@@ -127,7 +158,7 @@ def attach_layers(worker, vllm_config) -> None:
         impl = getattr(layer, "impl", None)
         if impl is None or name not in worker.layer_to_group:
             continue
-        if isinstance(impl, PlphpImpl):
+        if isinstance(impl, PlphpImplMixin):
             impl.plphp = worker
         else:
             others.append(f"{name}: {type(impl).__name__}")

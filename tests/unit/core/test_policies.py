@@ -92,7 +92,7 @@ def test_per_head_off_ablation_shares_one_ranking_and_keeps_the_counts():
         top = set(img[torch.topk(mean[img], k).indices].tolist())
         assert set(shared.keep[0].tolist()) & set(img.tolist()) == top
     assert PlphpConfig().per_head is True
-    assert from_dict({}, env={"VLLM_PLPHP_PER_HEAD": "0"}).per_head is False
+    assert from_dict({}, env={"PLPHP_PER_HEAD": "0"}).per_head is False
     with pytest.raises(PlphpConfigError, match="plphp.per_head=1"):
         PlphpConfig(per_head=1)
 

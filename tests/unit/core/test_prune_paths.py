@@ -38,7 +38,6 @@ def run(kernels: str, seed: int = 0):
     from vllm_plphp.core.plan import PruneTarget
     from vllm_plphp.core.worker import PlphpWorker
 
-    prune.cache_views = lambda impl, layer, kv: kv_layout.cuda_views(kv, impl.head_size)
     prune._tp_size = lambda: 1
     gen = torch.Generator().manual_seed(seed)
     plens = [300, 180, 240]
@@ -59,7 +58,7 @@ def run(kernels: str, seed: int = 0):
                     config=PlphpConfig(r=0.3, **thresholds))
         for b, thresholds in enumerate([  # attentive, indifferent, balanced
             dict(alpha=0.03, beta=0.01), dict(alpha=0.9, beta=0.8), dict(alpha=0.9, beta=0.0)])]
-    impl = SimpleNamespace(scale=64 ** -0.5, head_size=64)
+    impl = SimpleNamespace(scale=64 ** -0.5, head_size=64, kv_layout="split")
     prune.prune_layer(worker, impl, SimpleNamespace(layer_name=LAYER), query, kv)
     # the batched path defers its commits to the end of the step (one host sync)
     assert len(step.pending) == (1 if kernels == "triton" else 0)
@@ -67,7 +66,7 @@ def run(kernels: str, seed: int = 0):
     worker.end_step()
     kept = {req: v for (_, req), v in worker.adapter.commits.items()}
     records = {req: (rec[3].kept, rec[3].rate) for req, rec in worker.records.items()}
-    k, v = kv_layout.cuda_views(kv, 64)
+    k, v = kv_layout.split_views(kv, 64)
     entries = {}
     for b in range(3):
         blocks = worker.adapter.block_ids(3, step.targets[b])

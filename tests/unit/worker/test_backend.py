@@ -5,15 +5,38 @@ graphs may replay it) and hands the kernel that buffer, written in place."""
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from vllm_plphp.core.step import StepContext
 from vllm_plphp.worker import backend
 
 
-def test_declares_the_stock_cudagraph_support():
-    assert backend.PlphpMetadataBuilder.get_cudagraph_support(None, None) == \
-        backend._StockBuilder.get_cudagraph_support(None, None)
+@pytest.mark.parametrize("name", ["CPU_ATTN", "FLASH_ATTN", "TRITON_ATTN"])
+def test_wraps_the_named_stock_backend(name):
+    """Each wrapper subclasses the stock backend's own classes (the stock
+    kernels and cudagraph support declaration stay), reads its KV layout, and
+    is importable by the path the platform patch returns (and picklable)."""
+    import pickle
+
+    from vllm.utils.import_utils import resolve_obj_by_qualname
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    stock = AttentionBackendEnum[name].get_class()
+    cls = resolve_obj_by_qualname(backend.PATH_PREFIX + name)
+    assert cls is backend.wrap(name) and issubclass(cls, stock) and cls.get_name() == "PLPHP"
+    impl, builder = cls.get_impl_cls(), cls.get_builder_cls()
+    assert issubclass(impl, stock.get_impl_cls()) and issubclass(impl, backend.PlphpImplMixin)
+    assert issubclass(builder, stock.get_builder_cls())
+    assert impl.kv_layout == ("cpu" if name == "CPU_ATTN" else "split")
+    assert builder.get_cudagraph_support(None, None) == \
+        stock.get_builder_cls().get_cudagraph_support(None, None)
+    assert pickle.loads(pickle.dumps(impl)) is impl
+
+
+def test_refuses_to_wrap_other_backends():
+    with pytest.raises(ValueError, match="cannot wrap FLASHINFER"):
+        backend.wrap("FLASHINFER")
 
 
 @dataclass
@@ -23,7 +46,8 @@ class Metadata:  # the CommonAttentionMetadata fields the builder reads
 
 
 def test_seq_lens_written_in_place_into_one_buffer():
-    builder = backend.PlphpMetadataBuilder.__new__(backend.PlphpMetadataBuilder)
+    cls = backend.wrap("CPU_ATTN").get_builder_cls()
+    builder = cls.__new__(cls)
     builder.layer_names = ["model.layers.4.self_attn.attn"]
     builder.seq_lens_buf = torch.zeros(8, dtype=torch.int32)
     builder.plphp = SimpleNamespace(step=None, layer_to_group={"model.layers.4.self_attn.attn": 1})
