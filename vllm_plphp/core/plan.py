@@ -47,6 +47,9 @@ class PruneTarget:
     num_video: int = 0  # of the vision positions, how many belong to video items
     # the request's policy for this prefill (vllm_plphp.core.policies)
     policy: object = None
+    # private copies of its region blocks from the scheduler (prefix caching):
+    # (first region block, {group id: [block ids]}); None: compact in place
+    copy: tuple | None = None
 
     def __post_init__(self) -> None:
         if self.policy is None:
@@ -98,12 +101,16 @@ def plan_step(
     requests,
     base: PlphpConfig,
     slots: np.ndarray | None = None,
+    copies: dict | None = None,
 ) -> tuple[list[PruneTarget], list[str], int]:
     """Rows whose scheduled tokens reach their last prompt token.
 
     num_computed / num_scheduled: (num_reqs,) ints in batch-row order;
     requests: req_id -> RequestInfo-like; slots: (num_reqs,) the runner's
-    request slots (default: the batch rows).
+    request slots (default: the batch rows); copies: the scheduler's region
+    copies of this step (`SchedulerOutput.plphp_copies`; an entry None: the
+    request's image came from the prefix cache and there was no room to copy
+    it, so it is not pruned).
     Returns (targets, planned req ids, number of image requests opted out).
     """
     targets, planned, skipped = [], [], 0
@@ -125,6 +132,8 @@ def plan_step(
                     config = None
                 if config is None:
                     skipped += 1
+                elif copies and req_id in copies and copies[req_id] is None:
+                    pass  # counted by the scheduler (prompt_cache_fallbacks)
                 else:
                     targets.append(PruneTarget(
                         row=row,
@@ -136,6 +145,7 @@ def plan_step(
                         images=images,
                         config=config,
                         num_video=sum(int(p.numel()) for p, m in items if m == "video"),
+                        copy=(copies or {}).get(req_id),
                     ))
         start += n
     return targets, planned, skipped

@@ -63,11 +63,27 @@ def prune_layer(worker: PlphpWorker, impl, layer, query: torch.Tensor, kv_cache:
     start = time.perf_counter()
     roles = _roles(worker, layer_position(layer.layer_name))
     if roles:
+        _move_to_copies(worker, roles, worker.layer_to_group[layer.layer_name], kv_cache)
         if _batched(worker, roles, kv_cache):
             _prune_batched(worker, roles, impl, layer, query, kv_cache)
         else:
             _prune(worker, roles, impl, layer, query, kv_cache)
     worker.prune_seconds += time.perf_counter() - start
+
+
+def _move_to_copies(worker: PlphpWorker, roles, gid: int, kv_cache: torch.Tensor) -> None:
+    """Prefix caching: a target the scheduler gave private copies of its
+    region blocks (`PruneTarget.copy`) gets, in each layer it prunes, the
+    region's pages copied into them (whole pages: K and V of every head) and
+    its block table pointed at them, before anything is scored or compacted;
+    the original blocks keep the unpruned prompt for the prefix cache."""
+    for target, _, _, prune in roles:
+        new = target.copy[1].get(gid) if prune and target.copy else None
+        if not new:
+            continue
+        old = worker.adapter.swap_blocks(gid, target, target.copy[0], new)
+        dst = torch.tensor(new, dtype=torch.long, device=kv_cache.device)
+        kv_cache[dst] = kv_cache[old.to(device=kv_cache.device, dtype=torch.long)]
 
 
 def _batched(worker: PlphpWorker, roles, kv_cache: torch.Tensor) -> bool:

@@ -25,17 +25,15 @@ def commit_prunes(scheduler, events: dict) -> int:
     managers = scheduler.kv_cache_manager.coordinator.single_type_managers
     freed = 0
     for req_id, groups in events.items():
+        request = scheduler.requests.get(req_id)
         for gid, (num_pruned, num_tokens) in groups.items():
             manager = managers[gid]
             if hasattr(manager, "prune") and manager.can_prune(req_id):
-                freed += manager.prune(req_id, num_pruned, num_tokens)
+                freed += manager.prune(req_id, num_pruned, num_tokens, request)
     return freed
 
 
-def apply_output(scheduler, data: dict | None) -> None:
-    if not data:
-        return
-    freed = commit_prunes(scheduler, data["events"]) if data["events"] else 0
+def stats_of(scheduler) -> EngineStats:
     stats = getattr(scheduler, "plphp_stats", None)
     if stats is None:
         # the engine core's DP index (dense models run DP cores as independent
@@ -43,8 +41,15 @@ def apply_output(scheduler, data: dict | None) -> None:
         parallel = scheduler.vllm_config.parallel_config
         rank = getattr(parallel, "data_parallel_index", parallel.data_parallel_rank)
         stats = scheduler.plphp_stats = EngineStats(dp_rank=rank)
+    return stats
+
+
+def apply_output(scheduler, data: dict | None) -> None:
+    if not data:
+        return
+    freed = commit_prunes(scheduler, data["events"]) if data["events"] else 0
     if data["stats"] or freed:
-        stats.add(data["stats"], freed)
+        stats_of(scheduler).add(data["stats"], freed)
 
 
 def awaiting_first_token(scheduler, output) -> list:

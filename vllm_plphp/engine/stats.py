@@ -25,7 +25,8 @@ import tempfile
 ENV = "VLLM_PLPHP_STATS_FILE"
 BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 COUNTERS = ("requests_pruned", "requests_skipped", "vision_tokens_seen",
-            "vision_tokens_kept", "video_tokens_seen", "kv_blocks_freed")
+            "vision_tokens_kept", "video_tokens_seen", "kv_blocks_freed",
+            "prompt_cache_copies", "prompt_cache_fallbacks")
 
 
 _count = 0

@@ -16,6 +16,10 @@ Metrics:
   vllm:plphp_vision_tokens_kept_total  of those, kept per KV head (per layer)
   vllm:plphp_video_tokens_seen_total   of the vision tokens seen, those of video items
   vllm:plphp_kv_blocks_freed_total     KV blocks returned to the pool by pruning
+  vllm:plphp_prompt_cache_copies_total requests that pruned a private copy, their
+                                       prompt left in the prefix cache
+  vllm:plphp_prompt_cache_fallbacks_total  no room for that copy: compacted in
+                                       place (prompt not cached), or unpruned
   vllm:plphp_layer_retention           histogram of the chosen r_l per (request, layer)
 """
 

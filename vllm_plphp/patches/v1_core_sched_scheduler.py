@@ -22,14 +22,21 @@ see the pruned cache, as they did when they were decoded, so a chunk of an
 image request that would run past the prompt's end stops at it; the next step
 recomputes the generated tokens over the pruned layers. Fresh requests
 (nothing generated yet) and text-only requests are unaffected.
+`add_request` / `schedule`: multi-turn prefix caching
+(`vllm_plphp.engine.cache_copies`): an arriving image request gets its
+`plphp` plan (region start, layers its policy prunes), which the per-layer
+managers read when they hash blocks; after vLLM's schedule, the requests whose
+prompt ends in the step get private copies of their region blocks, sent to the
+worker on the SchedulerOutput (`plphp_copies`).
 vLLM versions checked: 0.32.0 (synchronous and async scheduling).
 Remove when: vLLM has a worker-to-KV-cache-manager channel and lets a plugin
-end a prefill chunk.
+end a prefill chunk and copy a request's blocks at a step of its choosing.
 """
 
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from vllm_plphp.core.plan import first_vision_offset
+from vllm_plphp.engine.cache_copies import plan_copies, plan_request
 from vllm_plphp.engine.commit import apply_output, awaiting_first_token, check_first_tokens
 from vllm_plphp.patches import original, patch, plphp_selected
 from vllm_plphp.worker.outputs import read
@@ -65,6 +72,21 @@ def _reserve_prefill_lookahead(self, request, num_computed_tokens, num_new_token
     return num_new_tokens
 
 
+def _add_request(self, request, *args, **kwargs):
+    if _on(self):
+        request.plphp = plan_request(self, request)
+    return original(Scheduler, "add_request")(self, request, *args, **kwargs)
+
+
+def _schedule(self, *args, **kwargs):
+    output = original(Scheduler, "schedule")(self, *args, **kwargs)
+    if _on(self):
+        plan_copies(self, output)
+    return output
+
+
 def apply() -> None:
+    patch(Scheduler, "add_request", _add_request)
+    patch(Scheduler, "schedule", _schedule)
     patch(Scheduler, "update_from_output", _update_from_output)
     patch(Scheduler, "_reserve_prefill_lookahead", _reserve_prefill_lookahead)

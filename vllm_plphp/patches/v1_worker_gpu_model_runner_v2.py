@@ -62,7 +62,8 @@ def _gather_batch_req_state(self, scheduler_output, dummy_run):
         self, scheduler_output, dummy_run)
     adapter = adapter_of(self)
     if adapter is not None and batch_state is not None and not dummy_run:
-        batch_state, uniform = adapter.plan(batch_state, uniform)
+        batch_state, uniform = adapter.plan(
+            batch_state, uniform, getattr(scheduler_output, "plphp_copies", None))
     return batch_state, uniform
 
 

@@ -39,6 +39,7 @@ class V1Adapter:
             if not isinstance(self.table(gid), PlphpBlockTable):
                 raise RuntimeError("PLPHP: the V1 block table patch is not applied")
         runner.input_batch.plphp_adapter = self
+        self.copies = None  # this step's region copies from the scheduler
 
     def table(self, gid: int) -> PlphpBlockTable:
         return self.runner.input_batch.block_table[gid]
@@ -47,6 +48,7 @@ class V1Adapter:
     def update_states(self, scheduler_output) -> None:
         finished = scheduler_output.finished_req_ids
         self.worker.finish(finished)
+        self.copies = getattr(scheduler_output, "plphp_copies", None)
         for req_id in (*finished, *scheduler_output.scheduled_cached_reqs.resumed_req_ids):
             self.pruned.pop(req_id, None)  # preempted requests re-prefill and prune again
 
@@ -56,7 +58,7 @@ class V1Adapter:
         step = worker.begin_step()
         step.targets, step.planned, skipped = plan_step(
             batch.req_ids[:n], batch.num_computed_tokens_cpu[:n], num_scheduled_tokens,
-            self.runner.requests, worker.config)
+            self.runner.requests, worker.config, copies=self.copies)
         if step.targets:
             step.count("requests_pruned", len(step.targets))
         if skipped:
@@ -81,6 +83,17 @@ class V1Adapter:
     def block_table(self, gid: int, rows: torch.Tensor) -> torch.Tensor:
         """(len(rows), max_blocks) block ids of these batch rows (batched path)."""
         return self.table(gid).block_table.gpu.index_select(0, rows)
+
+    def swap_blocks(self, gid: int, target, start: int, new: list[int]) -> torch.Tensor:
+        """Point entries [start, start + len(new)) of the request's block list
+        at `new` (its block table row and its request state); returns the old ids."""
+        table, row, end = self.table(gid), target.row, start + len(new)
+        old = torch.from_numpy(table.block_table.np[row, start:end].copy()).long()
+        table.block_table.np[row, start:end] = new
+        ids = torch.tensor(new, dtype=table.block_table.gpu.dtype)
+        table.block_table.gpu[row, start:end] = ids.to(table.block_table.gpu.device)
+        self.runner.requests[target.req_id].block_ids[gid][start:end] = new
+        return old
 
     def commit(self, gid: int, target, kept: int) -> None:
         """The layer now holds `kept` entries: record the count and drop the

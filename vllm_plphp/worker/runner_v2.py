@@ -74,13 +74,13 @@ class V2Adapter:
             self.pruned[:, slot] = 0
 
     # -------------------------------------------------------------- per step
-    def plan(self, batch_state, uniform_tok_count):
+    def plan(self, batch_state, uniform_tok_count, copies=None):
         worker = self.worker
         first = self.runner.req_states.num_computed_tokens_np[batch_state.idx_mapping_np]
         step = worker.begin_step()
         step.targets, step.planned, skipped = plan_step(
             batch_state.req_ids, first, batch_state.num_scheduled_tokens,
-            self.requests, worker.config, slots=batch_state.idx_mapping_np)
+            self.requests, worker.config, slots=batch_state.idx_mapping_np, copies=copies)
         if step.targets:
             step.count("requests_pruned", len(step.targets))
             # a full CUDA graph replays attention without running PLPHP's impl
@@ -121,6 +121,17 @@ class V2Adapter:
     def block_table(self, gid: int, rows: torch.Tensor) -> torch.Tensor:
         """(len(rows), max_blocks) block ids of these batch rows (batched path)."""
         return self.input_tables[gid].index_select(0, rows)
+
+    def swap_blocks(self, gid: int, target, start: int, new: list[int]) -> torch.Tensor:
+        """Point entries [start, start + len(new)) of the request's block list
+        at `new` (this step's input table and the slot's persistent row, which
+        later steps gather from); returns the old ids."""
+        end = start + len(new)
+        ids = torch.tensor(new, dtype=self.input_tables.dtype, device=self.input_tables.device)
+        old = self.input_tables[gid, target.row, start:end].to(torch.long)
+        self.input_tables[gid, target.row, start:end] = ids
+        self.runner.block_tables.block_tables[gid].gpu[target.slot, start:end] = ids
+        return old
 
     def commit(self, gid: int, target, kept: int) -> None:
         """The layer now holds `kept` entries: record the count (device and

@@ -1,0 +1,160 @@
+"""Scheduler side of multi-turn prefix caching with PLPHP (engine core).
+
+Every prompt token's KV is computed before pruning, so a request's full prompt
+blocks are exactly what stock vLLM caches. So that they stay cached while the
+request decodes on its pruned cache, the scheduler gives the request, in the
+step that prunes it, private copies of its region blocks (from the block
+holding its first vision token on, in each layer its policy prunes). The
+worker copies those pages and compacts the copies (`vllm_plphp.core.prune`);
+at that step's prune event the copies replace the originals in the request's
+block lists and the originals go back to the pool hashed
+(`PlphpLayerManager.prune`). A later request sharing the prompt (turn 2, or a
+new chat about the same picture) hits the cache through the image, and prunes
+its own copy.
+
+- `plan_request`: when a request arrives, what the managers need to know
+  (`request.plphp`): its region's first block, which layers its policy prunes,
+  how many entries pruning removes at least.
+- `plan_copies`: after vLLM's schedule, for every request whose prompt ends
+  in this step, all of its copies or none: allocated only if the pool keeps a
+  block per running request and layer free afterwards (so a copy never makes
+  vLLM preempt a request). Without room the request compacts in place and its
+  region is not cached (counted, logged once); if its region holds blocks
+  shared through the cache (a hit), compacting them in place would corrupt
+  them, so it decodes unpruned instead (counted too). The step's copies go to
+  the worker on the SchedulerOutput (`plphp_copies`: req_id -> (first region
+  block, {group: [block ids]}), or None: do not prune).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vllm_plphp.config import from_vllm_config
+from vllm_plphp.core.blocks import cdiv
+from vllm_plphp.core.plan import first_vision_offset, vision_positions
+from vllm_plphp.core.policies import make_policy
+from vllm_plphp.core.scoring import num_kept
+from vllm_plphp.log import logger
+from vllm_plphp.request_config import config_for_request
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    start: int  # block index holding the first vision token
+    pruned_layers: frozenset  # decoder layers the request's policy prunes
+    removed_min: int  # entries pruning removes from every pruned layer, at least
+
+
+def min_removed(config, sizes: list[int]) -> int:
+    """A lower bound of the entries removed per pruned layer (0 when unknown)."""
+    if config.policy == "plphp":
+        rate = min(1.0, config.r + config.delta_r)
+        return sum(max(0, s - num_kept(rate, s) - 1) for s in sizes)  # -1: float slack
+    if config.policy == "vtw":
+        return sum(sizes)
+    return 0
+
+
+def plan_request(scheduler, request) -> RequestPlan | None:
+    first = first_vision_offset(request.mm_features)
+    if first is None:
+        return None
+    try:
+        config = config_for_request(_base_config(scheduler), request.sampling_params)
+    except ValueError:  # the front end refuses these; the worker skips them
+        return None
+    if config is None:
+        return None
+    num_layers = scheduler.vllm_config.model_config.hf_text_config.num_hidden_layers
+    policy = make_policy(config)
+    layers = frozenset(l for l in range(num_layers) if policy.prunes_layer(l, num_layers))
+    if not layers:
+        return None
+    sizes = [int(p.numel()) for p in vision_positions(request.mm_features)]
+    return RequestPlan(first // _managers(scheduler)[0].block_size, layers,
+                       min_removed(config, sizes))
+
+
+def _base_config(scheduler):
+    base = getattr(scheduler, "_plphp_config", None)
+    if base is None:
+        base = scheduler._plphp_config = from_vllm_config(scheduler.vllm_config)
+    return base
+
+
+def _managers(scheduler) -> list:
+    managers = scheduler.kv_cache_manager.coordinator.single_type_managers
+    if managers and getattr(managers[0], "layer_index", -1) == -1:
+        from vllm.model_executor.models.utils import extract_layer_index
+
+        for gid, manager in enumerate(managers):
+            names = scheduler.kv_cache_config.kv_cache_groups[gid].layer_names
+            manager.layer_index = extract_layer_index(names[0])
+    return managers
+
+
+def _needs(managers, request, plan: RequestPlan) -> dict[int, int]:
+    """{group: blocks to copy} for a request whose prompt ends in this step."""
+    total = request.num_computed_tokens  # entries in the cache after this step
+    needs = {}
+    for gid, manager in enumerate(managers):
+        if manager.layer_index not in plan.pruned_layers:
+            continue
+        blocks = manager.req_to_blocks.get(request.request_id, [])
+        bs = manager.block_size
+        keep_max = min(cdiv(total, bs), cdiv(total - plan.removed_min + 1, bs), len(blocks))
+        if keep_max > plan.start:
+            needs[gid] = keep_max - plan.start
+    return needs
+
+
+def _shared(managers, request_id: str, plan: RequestPlan, needs: dict[int, int]) -> bool:
+    """Whether any block the request would compact is held by the cache."""
+    for gid, count in needs.items():
+        for block in managers[gid].req_to_blocks[request_id][plan.start:plan.start + count]:
+            if block.ref_cnt > 1 or block.block_hash is not None:
+                return True
+    return False
+
+
+def plan_copies(scheduler, output) -> None:
+    """Allocate this step's region copies; set `output.plphp_copies`."""
+    kv = scheduler.kv_cache_manager
+    if not kv.enable_caching:
+        return
+    managers = _managers(scheduler)
+    pool = kv.block_pool
+    copies, counts = {}, {}
+    for req_id, n in output.num_scheduled_tokens.items():
+        request = scheduler.requests.get(req_id)
+        plan = getattr(request, "plphp", None)
+        if plan is None:
+            continue
+        prompt = request.num_prompt_tokens
+        if not (request.num_computed_tokens - n < prompt <= request.num_computed_tokens):
+            continue  # not the step that reaches its last prompt token
+        needs = _needs(managers, request, plan)
+        if not needs:
+            continue
+        reserve = len(scheduler.running) * len(managers)
+        if pool.get_num_free_blocks() - sum(needs.values()) >= reserve:
+            copies[req_id] = (plan.start, {
+                gid: [b.block_id for b in managers[gid].copy_region(req_id, plan.start, count).blocks]
+                for gid, count in needs.items()})
+            counts["prompt_cache_copies"] = counts.get("prompt_cache_copies", 0) + 1
+            continue
+        shared = _shared(managers, req_id, plan, needs)
+        if shared:
+            copies[req_id] = None  # never compact blocks the cache holds
+        counts["prompt_cache_fallbacks"] = counts.get("prompt_cache_fallbacks", 0) + 1
+        logger.warning_once(
+            "PLPHP: no free blocks to keep a pruned request's prompt in the prefix cache; "
+            "such requests compact in place (their image is not cached), or decode unpruned "
+            "when their image came from the cache (vllm:plphp_prompt_cache_fallbacks counts them)")
+    if copies:
+        output.plphp_copies = copies
+    if counts:
+        from vllm_plphp.engine.commit import stats_of
+
+        stats_of(scheduler).add(counts, 0)
