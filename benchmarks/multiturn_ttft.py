@@ -8,11 +8,14 @@ run, interleaved repeats (these machines vary +-30%).
 Each repeat, per engine: turn 1 (system prompt, a fresh image, a question;
 `--answer` tokens), then turn 2 = turn 1's prompt, image and answer plus a
 new question, timed for one output token (offline, so TTFT is the prefill).
-Stock reuses every cached block of turn 1's prompt (image included); PLPHP
-reuses the blocks before the image and recomputes the image and everything
-after it (its pruned blocks are never cached: vllm_plphp/engine/block_manager.py).
-Prints per repeat the turn-2 times, the cached tokens each engine reported
-and the ratio PLPHP/stock, then the median, min and max of the ratios.
+Stock reuses every cached block of turn 1's prompt and answer (image
+included); PLPHP reuses every full block of turn 1's prompt, image included
+(the request decoded on a pruned copy and left its unpruned prompt blocks in
+the cache: vllm_plphp/engine/cache_copies.py), never the answer's blocks
+(computed over pruned caches). Each engine at its own default block size
+(stock 128 on CPU, PLPHP 32). Prints per repeat the turn-2 times, the cached
+tokens each engine reported and the ratios PLPHP/stock, then the median, min
+and max of the ratios.
 """
 
 from __future__ import annotations
@@ -68,17 +71,20 @@ def main() -> None:
                             additional_config={"plphp": {"r": 0.4}})}
     for llm in engines.values():  # warm-up (compilation, first-call costs)
         turn2_time(llm, make_image(999), args.answer)
-    ratios = []
+    ratios, cached_ratios = [], []
     for rep in range(args.repeats):
         image = make_image(rep)  # a fresh image per repeat: nothing of it cached yet
         got = {name: turn2_time(llm, image, args.answer) for name, llm in engines.items()}
         ratio = got["plphp"][0] / got["stock"][0]
         ratios.append(ratio)
+        cached_ratios.append(got["plphp"][1] / max(1, got["stock"][1]))
         print(f"repeat {rep}: " + "  ".join(
             f"{n} {t * 1000:.0f} ms (cached {c}/{p} tokens)" for n, (t, c, p) in got.items())
             + f"  plphp/stock {ratio:.2f}", flush=True)
     print(f"turn-2 TTFT plphp/stock: median {statistics.median(ratios):.2f} "
           f"(min {min(ratios):.2f}, max {max(ratios):.2f}, {len(ratios)} repeats)")
+    print(f"turn-2 cached tokens plphp/stock: median {statistics.median(cached_ratios):.2f} "
+          f"(min {min(cached_ratios):.2f}, max {max(cached_ratios):.2f})")
 
 
 if __name__ == "__main__":
