@@ -39,6 +39,13 @@ PATH_PREFIX = "vllm_plphp.worker.backend.PLPHP_"
 class PlphpBuilderMixin:
     """Mixed in before the stock metadata builder."""
 
+    # The V1 runner builds the first KV cache group's metadata and, for every
+    # later group with an equal spec and builder type, reuses it through
+    # `update_block_table` (new block table and slot mapping, the first
+    # group's seq_lens) when the builder supports it, as FLASH_ATTN's does:
+    # every layer would read layer 0's lengths. Each layer builds its own.
+    supports_update_block_table = False
+
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device, *args, **kwargs):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device, *args, **kwargs)
         self.plphp = worker_for(vllm_config)
