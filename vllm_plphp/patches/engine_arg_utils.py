@@ -8,7 +8,8 @@ caching included: vllm_plphp/engine/block_manager.py says what is shared;
 on CPU a 32-token KV block unless --block-size is given:
 vllm_plphp/frontend/defaults.py says why); when the attention backend is
 PLPHP, validate the `plphp` section and the
-unsupported features, and choose the engine's metrics file (`vllm_plphp.engine.stats.new_stats_path`).
+unsupported features, clear vLLM's per-process backend choice (it does not
+see plphp.backend), and choose the engine's metrics file (`vllm_plphp.engine.stats.new_stats_path`).
 vLLM versions checked: 0.32.0.
 Remove when: never as such; the checks would move to a config hook if vLLM
 offered one to attention backends.
@@ -37,6 +38,12 @@ def _create_engine_config(self, *args, **kwargs):
     vllm_config = original(EngineArgs, "create_engine_config")(self, *args, **kwargs)
     if plphp_selected(vllm_config):
         validate_engine_config(vllm_config)
+        # vLLM caches each layer kind's backend per process, keyed without
+        # additional_config: a second PLPHP engine in this process (worker
+        # in-process) with another plphp.backend must not reuse the first's
+        from vllm.v1.attention.selector import _cached_get_attn_backend
+
+        _cached_get_attn_backend.cache_clear()
         parallel = vllm_config.parallel_config
         if not (parallel._api_process_count > 1 and parallel._api_process_rank >= 0):
             # this engine's metrics files, inherited by its engine cores; an API

@@ -159,16 +159,19 @@ def is_plphp_impl(impl) -> bool:
 def attach_layers(worker, vllm_config) -> None:
     """Point every attention layer's PLPHP impl at `worker`; refuse a model
     whose attention layers do not all run the PLPHP impl."""
+    from vllm_plphp.selection import wrapped_backend
+
+    wanted = wrapped_backend(vllm_config)
     layers = vllm_config.compilation_config.static_forward_context
     others = []
     for name, layer in layers.items():
         impl = getattr(layer, "impl", None)
         if impl is None or name not in worker.layer_to_group:
             continue
-        if isinstance(impl, PlphpImplMixin):
+        if isinstance(impl, PlphpImplMixin) and impl.wrapped_name == wanted:
             impl.plphp = worker
         else:
-            others.append(f"{name}: {type(impl).__name__}")
+            others.append(f"{name}: {type(impl).__name__} (expected PLPHP on {wanted})")
     if others:
         raise RuntimeError(
             "--attention-backend plphp: these attention layers do not run the PLPHP "
