@@ -13,9 +13,11 @@ included); PLPHP reuses every full block of turn 1's prompt, image included
 (the request decoded on a pruned copy and left its unpruned prompt blocks in
 the cache: vllm_plphp/engine/cache_copies.py), never the answer's blocks
 (computed over pruned caches). Each engine at its own default block size
-(stock 128 on CPU, PLPHP 32). Prints per repeat the turn-2 times, the cached
-tokens each engine reported and the ratios PLPHP/stock, then the median, min
-and max of the ratios.
+(stock 128 on CPU, PLPHP 32). A third column, "plphp-optout", is turn 2 on the
+PLPHP engine with pruning turned off for that request only (turn 1 pruned, a
+fresh image): its difference to "plphp" is the pruning work of the turn-2
+prefill. Prints per repeat the turn-2 times, the cached tokens each engine
+reported and the ratios PLPHP/stock, then the median, min and max of the ratios.
 """
 
 from __future__ import annotations
@@ -37,15 +39,17 @@ def request(text, image):
     return {"prompt": text, "multi_modal_data": {"image": [image]}}
 
 
-def turn2_time(llm, image, answer_tokens: int) -> tuple[float, int, int]:
-    """(seconds, cached tokens, prompt tokens) of turn 2's first token."""
+def turn2_time(llm, image, answer_tokens: int, plphp=None) -> tuple[float, int, int]:
+    """(seconds, cached tokens, prompt tokens) of turn 2's first token
+    (`plphp`: the turn-2 request's per-request setting, e.g. False)."""
     from vllm import SamplingParams
 
     turn1 = f"{SYSTEM} USER: <image>\nDescribe the image in detail. ASSISTANT:"
     params = SamplingParams(temperature=0.0, max_tokens=answer_tokens, ignore_eos=True)
     answer = llm.generate([request(turn1, image)], params, use_tqdm=False)[0].outputs[0].text
     turn2 = f"{turn1}{answer} USER: What is in the top left corner? ASSISTANT:"
-    one = SamplingParams(temperature=0.0, max_tokens=1)
+    one = SamplingParams(temperature=0.0, max_tokens=1,
+                         extra_args=None if plphp is None else {"plphp": plphp})
     start = time.perf_counter()
     out = llm.generate([request(turn2, image)], one, use_tqdm=False)[0]
     return time.perf_counter() - start, out.num_cached_tokens, len(out.prompt_token_ids)
@@ -75,6 +79,9 @@ def main() -> None:
     for rep in range(args.repeats):
         image = make_image(rep)  # a fresh image per repeat: nothing of it cached yet
         got = {name: turn2_time(llm, image, args.answer) for name, llm in engines.items()}
+        # the same engine and cache, turn 2 not pruned: what pruning itself costs
+        got["plphp-optout"] = turn2_time(engines["plphp"], make_image(1000 + rep), args.answer,
+                                         plphp=False)
         ratio = got["plphp"][0] / got["stock"][0]
         ratios.append(ratio)
         cached_ratios.append(got["plphp"][1] / max(1, got["stock"][1]))
