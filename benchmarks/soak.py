@@ -24,7 +24,7 @@ on any loss.
 
 Preempted image requests (found from PLPHP's per-request prune line in the
 server log: pruned twice) are reported separately: PLPHP recomputes their
-generated tokens over the pruned layers (README, Limitations), so any
+generated tokens over the pruned layers (docs/limitations.md), so any
 difference from the request served alone is a loss unless
 --allow-preemption-drift (which reports them without failing).
 """

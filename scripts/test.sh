@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): set up if needed, then run the suite
+# The test command (README quick start, docs/testing.md, .ci/run): set up if needed, then run the suite
 # twice on CPU:
 #   1. as vLLM runs here by default: Model Runner V1, synchronous scheduling
 #      (vLLM's CPU platform turns async scheduling off; no Triton CPU backend);

@@ -22,7 +22,7 @@ from plphp_dev.fixtures.prompts import get_prompt, prompt_inputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.skipif(
     os.environ.get("PLPHP_RAY_TESTS") != "1",
-    reason="9-15 min on 2 shared cores, over CI's budget: run with PLPHP_RAY_TESTS=1 (README, Ray executor)")]
+    reason="9-15 min on 2 shared cores, over CI's budget: run with PLPHP_RAY_TESTS=1 (docs/distributed.md, Ray executor)")]
 BLOCK = 32
 CASES = [(1, 0), (2, 3), (0, 0)]  # (num_images, seed); the last is text-only
 IMAGE_CASES = [0, 1]

@@ -92,7 +92,7 @@ def test_served_tokens_equal_the_reference(workload):
 
 
 def test_every_worker_attached_plphp(served, workload):
-    """What the README tells GPU users to look for: each rank's line, from
+    """What docs/distributed.md tells GPU users to look for: each rank's line, from
     its own Ray actor, forwarded to the `vllm serve` log."""
     srv, _ = served
     for rank in (0, 1):
@@ -152,7 +152,7 @@ def test_stats_stay_on_the_api_servers_host(served, workload):
 
 def test_pipeline_parallel_under_ray_is_refused(served, llava_path):
     """Refused where the engine config is built, before Ray is asked for
-    anything (README, "Not supported"): the stage exchange is untested under Ray."""
+    anything (docs/limitations.md, "Not supported"): the stage exchange is untested under Ray."""
     from tests.conftest import make_llm
     from vllm_plphp.frontend.validate import PlphpUnsupportedError
 

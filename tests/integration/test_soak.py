@@ -1,7 +1,7 @@
 """The soak (`benchmarks/soak.py`) in short form: 45 s of seeded mixed
 traffic with faults against `vllm serve --attention-backend plphp`, then a
 stock server for the text answers. One run for the module; the tests read
-its summary. The full-length run is `benchmarks/soak.py` (README)."""
+its summary. The full-length run is `benchmarks/soak.py` (docs/benchmarks.md)."""
 
 import json
 import subprocess

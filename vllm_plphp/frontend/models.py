@@ -1,6 +1,6 @@
 """Start-up refusals for model kinds PLPHP cannot prune, read from the model's
 HF config (and vLLM's ModelConfig where it knows more): each names the model
-type and the reason. Called by `frontend/validate.py`; the README's model table
+type and the reason. Called by `frontend/validate.py`; the model table in docs/models.md
 lists what is verified, refused and untested.
 
 PLPHP drops, per layer and per KV head, vision-token entries of a full-attention
