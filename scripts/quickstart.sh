@@ -34,5 +34,5 @@ stop
 echo "[quickstart] vllm-plphp inspect: per layer gamma_l, rate r_l, kept entries; per head kept tokens"
 VLLM_LOGGING_LEVEL=WARNING .venv/bin/vllm-plphp inspect --model "$MODEL" \
   --image "$OUT/picture.png" --prompt "$(cat "$OUT/question.txt")" --dtype float32 \
-  --max-model-len 1024 --out "$OUT/inspect.png" 2>"$OUT/inspect.log"
+  --max-model-len 1024 --out "$OUT/inspect.png" --engine-log "$OUT/inspect.log"
 echo "[quickstart] picture of what PLPHP kept: $OUT/inspect.png"

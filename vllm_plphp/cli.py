@@ -2,15 +2,20 @@
 
   vllm-plphp inspect --model M (--image IMG | --video VIDEO) [--prompt TEXT] [--layer L]
                      [--plphp JSON] [--out inspect.png] [--json out.json]
+                     [--engine-log FILE]
 
 VIDEO: a video file (read with OpenCV), a .npy array (frames, height, width, 3)
 of uint8 RGB, or a folder of frame images (sorted by name).
 
 Runs one request through the real engine with `--attention-backend plphp`,
 prints per layer: gamma_l, category, r_l, kept/total entries; and writes a PNG
-with the gamma_l curve (the "re-attention" curve) against alpha/beta, the
-chosen r_l per layer, and each KV head's kept-token map of one layer over the
-image grid.
+with the gamma_l curve (the "re-attention" curve) against alpha/beta and the
+chosen r_l per layer, then one row per pruned layer (at most --rows, spread
+over the depth; its gamma_l and r_l in the title) of the picture itself with
+each KV head's kept patches over it and its pruned patches dimmed (square
+patch grids, e.g. LLaVA; other layouts and videos: the kept map of --layer as
+a grid). `--engine-log FILE` sends the engine's own output (vLLM's start-up
+logs, of this process and the engine's) to FILE, so only these lines print.
 """
 
 from __future__ import annotations
@@ -87,10 +92,11 @@ def run_inspect(args) -> dict:
     try:
         num_layers = llm.llm_engine.model_config.hf_text_config.num_hidden_layers
         layer = args.layer if args.layer is not None else num_layers // 2
-        llm.collective_rpc("plphp_record_keep", args=(layer,))
+        llm.collective_rpc("plphp_record_keep", args=(layer, True))
         out = _generate(llm, args, SamplingParams(max_tokens=1, temperature=0))
         records = llm.collective_rpc("plphp_records", args=([out.request_id],))[0][out.request_id]
         keep_map = next(iter(llm.collective_rpc("plphp_keep_maps")[0].values()), None)
+        keep_all = next(iter(llm.collective_rpc("plphp_keep_maps_all")[0].values()), {})
     finally:
         llm.llm_engine.engine_core.shutdown()
     layers = [
@@ -99,7 +105,8 @@ def run_inspect(args) -> dict:
         for l, r in sorted(records.items())
     ]
     return {"model": args.model, "config": config.__dict__, "num_layers": num_layers,
-            "prompt_tokens": len(out.prompt_token_ids), "layers": layers, "keep_map": keep_map}
+            "prompt_tokens": len(out.prompt_token_ids), "layers": layers, "keep_map": keep_map,
+            "keep_maps": {str(l): keep for l, keep in sorted(keep_all.items())}}
 
 
 def print_table(result: dict) -> None:
@@ -112,16 +119,60 @@ def print_table(result: dict) -> None:
               f"{row['kept']:>5d}/{row['total']:<6d}")
 
 
-def plot(result: dict, path: str) -> None:
+def _square_picture(path: str, side: int):
+    """The picture center-cropped to a square (as CLIP-style processors crop),
+    as an array, or None."""
+    from PIL import Image
+
+    image = Image.open(path).convert("RGB")
+    w, h = image.size
+    s = min(w, h)
+    image = image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    import numpy as np
+
+    return np.asarray(image.resize((side * 16, side * 16)))
+
+
+def _dim_mask(image_positions: list, kept: list, side: int):
+    """(side, side, 4) RGBA: transparent over kept patches, dark over pruned ones."""
+    import numpy as np
+
+    mask = np.zeros((side, side, 4))
+    mask[..., 3] = 0.72
+    index = {p: i for i, p in enumerate(image_positions)}
+    for p in kept:
+        i = index.get(p)
+        if i is not None and i < side * side:
+            mask[i // side, i % side, 3] = 0.0
+    return mask
+
+
+def _rows_to_draw(result: dict, max_rows: int) -> list:
+    """Pruned layers with kept maps, at most max_rows, spread over the depth."""
+    layers = [r for r in result["layers"] if str(r["layer"]) in result.get("keep_maps", {})]
+    if len(layers) <= max_rows:
+        return layers
+    step = (len(layers) - 1) / (max_rows - 1)
+    return [layers[round(i * step)] for i in range(max_rows)]
+
+
+def plot(result: dict, path: str, picture: str | None = None, max_rows: int = 6) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     c, rows, km = result["config"], result["layers"], result["keep_map"]
+    image = km["images"][0] if km else []  # (a video's tokens, all frames, make one square)
+    side = int(math.isqrt(len(image)))
+    overlay = picture is not None and km is not None and side * side == len(image)
+    drawn = _rows_to_draw(result, max_rows) if overlay else []
     heads = len(km["keep"]) if km else 0
-    fig = plt.figure(figsize=(10, 7 if heads else 4))
-    ax = fig.add_subplot(2 if heads else 1, 1, 1)
+    shown_heads = min(heads, 4)
+    n_rows = 1 + (len(drawn) if overlay else (1 if heads else 0))
+    fig = plt.figure(figsize=(2.4 * max(shown_heads, 4), 3.2 + 2.5 * (n_rows - 1)))
+    grid = fig.add_gridspec(n_rows, max(shown_heads, 1), height_ratios=[1.3] + [1] * (n_rows - 1))
+    ax = fig.add_subplot(grid[0, :])
     xs = [r["layer"] for r in rows]
     ax.plot(xs, [r["gamma"] for r in rows], "o-", label="gamma_l (vision attention)")
     ax.bar(xs, [r["rate"] for r in rows], alpha=0.3, color="tab:green", label="r_l (retention)")
@@ -131,22 +182,65 @@ def plot(result: dict, path: str) -> None:
     ax.set_ylim(0, 1.05)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("PLPHP: per-layer vision attention and retention")
-    if heads:
-        image = km["images"][0]  # (a video's tokens, all frames, make one square)
-        side = int(math.isqrt(len(image)))
+    if overlay:
+        pixels = _square_picture(picture, side)
+        for row, rec in enumerate(drawn, start=1):
+            keep = result["keep_maps"][str(rec["layer"])]
+            for h in range(shown_heads):
+                axh = fig.add_subplot(grid[row, h])
+                axh.imshow(pixels, extent=(0, side, side, 0))
+                axh.imshow(_dim_mask(image, keep[h], side), extent=(0, side, side, 0),
+                           interpolation="nearest")
+                axh.set_title(f"layer {rec['layer']} (gamma {rec['gamma']:.2f}, r_l "
+                              f"{rec['rate']:.2f}), KV head {h}", fontsize=7)
+                axh.axis("off")
+    elif heads:
         index = {p: i for i, p in enumerate(image)}
-        for h, kept in enumerate(km["keep"]):
-            grid = [[0.0] * side for _ in range(side)]
+        for h, kept in enumerate(km["keep"][:shown_heads]):
+            cells = [[0.0] * side for _ in range(side)]
             for p in kept:
                 i = index.get(p)
                 if i is not None and i < side * side:
-                    grid[i // side][i % side] = 1.0
-            axh = fig.add_subplot(2, heads, heads + h + 1)
-            axh.imshow(grid, cmap="viridis", vmin=0, vmax=1)
+                    cells[i // side][i % side] = 1.0
+            axh = fig.add_subplot(grid[1, h])
+            axh.imshow(cells, cmap="viridis", vmin=0, vmax=1)
             axh.set_title(f"layer {km['layer']}, KV head {h}: kept", fontsize=9)
             axh.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+class _EngineLog:
+    """Send this process's stdout/stderr file descriptors (which the engine's
+    processes inherit) to a file while the engine runs."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+
+    def __enter__(self):
+        import os
+
+        if self.path:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            self.saved = [os.dup(1), os.dup(2)]
+            self.file = open(self.path, "w")
+            os.dup2(self.file.fileno(), 1)
+            os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        if self.path:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(self.saved[0], 1)
+            os.dup2(self.saved[1], 2)
+            for fd in self.saved:
+                os.close(fd)
+            self.file.close()
+        return False
 
 
 def main(argv=None) -> int:
@@ -167,10 +261,13 @@ def main(argv=None) -> int:
     p.add_argument("--kv-mib", type=int, default=256)
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model as vLLM does by default (slower for one prefill)")
+    p.add_argument("--rows", type=int, default=6, help="pruned layers drawn over the picture")
+    p.add_argument("--engine-log", help="write the engine's own output (vLLM's logs) here")
     args = ap.parse_args(argv)
-    result = run_inspect(args)
+    with _EngineLog(args.engine_log):
+        result = run_inspect(args)
     print_table(result)
-    plot(result, args.out)
+    plot(result, args.out, picture=args.image, max_rows=args.rows)
     print(f"wrote {args.out}")
     if args.json:
         with open(args.json, "w") as f:

@@ -2,6 +2,7 @@
 writes the PNG, and its numbers match the HF reference's for the same prompt."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,16 +22,28 @@ def test_inspect_png_and_numbers_match_reference(tmp_path, llava_path):
     question = "Describe the image in detail."
     proc = subprocess.run(
         [CLI, "inspect", "--model", llava_path, "--image", str(image), "--prompt", question,
-         "--layer", "5", "--out", str(out_png), "--json", str(out_json), "--dtype", "float32"],
+         "--layer", "5", "--out", str(out_png), "--json", str(out_json), "--dtype", "float32",
+         "--engine-log", str(tmp_path / "engine.log")],
         capture_output=True, text=True, timeout=600,
+        env={**os.environ, "VLLM_LOGGING_LEVEL": "INFO"},  # vLLM's logs would print
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:] + \
+        (tmp_path / "engine.log").read_text()[-3000:]
+    # only inspect's own lines on the terminal; the engine's went to the log
+    for line in proc.stdout.splitlines():
+        assert line.startswith(("PLPHP inspect:", "layer", "wrote")) or line[:5].strip().isdigit(), line
+    assert "PLPHP attention backend active" in (tmp_path / "engine.log").read_text()
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out_png.stat().st_size > 10_000
     result = json.loads(out_json.read_text())
     assert "gamma" in proc.stdout and "wrote" in proc.stdout
     km = result["keep_map"]
     assert km["layer"] == 5 and len(km["keep"]) == 2  # two KV heads
     assert km["keep"][0] != km["keep"][1]  # heads keep different tokens
+    # every pruned layer's per-head kept positions (drawn over the picture)
+    maps = result["keep_maps"]
+    assert maps["5"] == km["keep"]
+    for row in result["layers"]:
+        assert [len(h) for h in maps[str(row["layer"])]] == [row["kept"]] * 2
 
     from plphp_dev.reference import ReferenceModel
 

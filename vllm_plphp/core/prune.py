@@ -125,7 +125,7 @@ def _prune_batched(worker: PlphpWorker, roles, impl, layer, query, kv_cache) -> 
         query.index_select(0, query_rows), k_cache, v_cache,
         worker.adapter.block_table(gid, rows), plan, impl.scale, targets[0].config.gqa_reduce,
         num_heads_total=query.shape[1] * tp, all_reduce=_tp_all_reduce if tp > 1 else None,
-        backend="triton", return_keep=worker.keep_layer == layer_idx)
+        backend="triton", return_keep=worker.keep_layer == layer_idx or worker.keep_all)
     step.pending.append((gid, layer_idx, targets, result))
 
 
@@ -239,6 +239,8 @@ def _record(worker: PlphpWorker, target, layer_idx: int, kept: int, rate: float,
             "images": [p.tolist() for p in target.images],
             "keep": keep.cpu().tolist(),  # (Hkv, L) positions per KV head
         }
+    if worker.keep_all and keep is not None:
+        worker.keep_maps_all.setdefault(target.req_id, {})[layer_idx] = keep.cpu().tolist()
     worker.records.setdefault(target.req_id, {})[layer_idx] = LayerRecord(
         gamma=gamma,
         rate=rate,

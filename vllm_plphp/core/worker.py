@@ -62,6 +62,9 @@ class PlphpWorker:
         # inspection (vllm_plphp.worker.extension)
         self.keep_layer: int | None = None
         self.keep_maps: dict[str, dict] = {}
+        # every pruned layer's kept positions per request (inspect's drawing)
+        self.keep_all = False
+        self.keep_maps_all: dict[str, dict[int, list]] = {}
         self.record_seq_lens = False
         self.last_seq_lens: dict[str, list[int]] = {}
 

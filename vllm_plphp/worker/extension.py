@@ -53,13 +53,20 @@ class PlphpWorkerExtension:
             self._plphp.prune_seconds = self._plphp.pruning_step_seconds = 0.0
         return out
 
-    def plphp_record_keep(self, layer: int | None) -> None:
-        """Keep each KV head's kept positions of `layer` for later requests."""
+    def plphp_record_keep(self, layer: int | None, all_layers: bool = False) -> None:
+        """Keep each KV head's kept positions of `layer` (and, with
+        `all_layers`, of every pruned layer) for later requests."""
         self._plphp.keep_layer = layer
         self._plphp.keep_maps.clear()
+        self._plphp.keep_all = all_layers
+        self._plphp.keep_maps_all.clear()
 
     def plphp_keep_maps(self) -> dict:
         return dict(self._plphp.keep_maps)
+
+    def plphp_keep_maps_all(self) -> dict:
+        """{req_id: {layer: (Hkv, L) kept positions}} (plphp_record_keep(..., True))."""
+        return {req: dict(layers) for req, layers in self._plphp.keep_maps_all.items()}
 
     def plphp_attention_impls(self) -> dict:
         """{layer_name: attention impl class path} of the loaded model."""
