@@ -27,6 +27,36 @@ patch-aligned 16 px objects, aux weight 1 and 3): the image tokens did not
 learn row/column (probe at chance, about 1/3) and the test scores did not
 improve, so it stays off.  At the end ``patch_probe`` reports how well the
 image tokens name their tags on held-out scenes.
+
+Recipe v2 (issue 30: a model that reads its pictures, trained on CPU)
+---------------------------------------------------------------------
+    python benchmarks/quality/train.py --recipe v2 --threads 2 [--resume]
+
+Same architecture, spec, tokenizer and checkpoint format as v1 (vLLM loads
+it exactly like ``plphp_dev/quality/model``); what changes is init, loss,
+schedule and data, see ``recipe_v2.py`` for why (diagnosis of v1 and the
+short runs behind each choice): 2D sin-cos init of CLIP's learned position
+embeddings, a luminance pass-through init of half the patch-embedding
+channels, the per-tag auxiliary loss with row and column on
+(``recipe_v2.tag_aux_loss``), stage 1 = ``--vision-steps`` steps of the
+vision tower alone on that loss, stage 2 = ``--steps`` steps of
+conversations (``V2_KIND_WEIGHTS``), and selection on a validation split
+(``recipe_v2.val_examples``), never on the test split.
+Every ``--ckpt-every`` stage-2 steps (about 8-10 min on 2 cores) it scores
+the validation split and writes, under ``--state-dir`` (default
+``.train_state/v2``, git-ignored): ``val_history.jsonl`` (one line per
+checkpoint: validation scores, margins over chance, patch probe),
+``last/`` and ``best/`` (float16, vLLM-loadable) and ``state.pt`` (float32
+model, both optimizers, progress: what ``--resume`` continues from; the
+stream of conversations is replayed, so a resumed run is step for step the
+uninterrupted one).  When the best checkpoint beats the v1 model on the
+same validation examples it is also copied to ``--out`` (default
+``plphp_dev/quality/model_v2``) with ``train_info.json``.  ``--resume``
+without ``state.pt`` falls back to the float16 weights in ``--out`` (at its
+selected step, fresh optimizer state).  At the end the selected checkpoint
+is scored once on the test split (``final_test.json``; reported, it selects
+nothing).  ``--stop-at-step N`` checkpoints and exits at stage-2 step N,
+to split the run across sessions.
 Needs torch and transformers, never vLLM.
 """
 
@@ -49,9 +79,17 @@ from eval_hf import evaluate, format_table
 from plphp_dev.quality.model import ModelSpec, build_tokenizer, load_checkpoint, new_model, save_checkpoint
 from plphp_dev.quality.conversations import KINDS
 from plphp_dev.quality.tasks import TASKS, chance_score
+from recipe_v2 import tag_aux_loss
 
 DEFAULTS = dict(steps=550, batch_size=32, lr=1e-3, warmup=100, seed=0, aux_weight=3.0, aux_position=0)
 KIND_WEIGHTS = {"single": 2.0, "caption": 1.5, "differ": 1.0, "spot": 1.0, "compare": 1.0}
+# Recipe v2 (issue 30; reasoning and measurements in recipe_v2's docstring).
+V2_DEFAULTS = dict(steps=1500, batch_size=32, lr=1e-3, warmup=100, seed=0, aux_weight=1.0, aux_position=1)
+V2_KIND_WEIGHTS = {"single": 3.0, "caption": 1.5, "differ": 1.0, "spot": 1.0, "compare": 0.5}
+V2_EXTRA = dict(vision_steps=2500, vision_batch=32, vision_lr=2e-3, vision_warmup=100,
+                vision_ckpt_every=500, val_n=40, ckpt_every=100)
+V2_OUT = ROOT / "plphp_dev" / "quality" / "model_v2"
+V2_STATE = ROOT / ".train_state" / "v2"
 # Measured on this repo's 2-core CPU machine (AMD EPYC, AVX2, 2 threads), see
 # module doc: 3.1-3.8 s per 1-image batch of 32, 5.7-7.2 s per 2-image batch.
 CPU_ESTIMATE = "about 40-50 min for the default 550 steps (2-core AMD EPYC, 2 threads; 2956 s extrapolated from 12 timed steps)"
@@ -64,9 +102,13 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, lr: float, only=None) -> torch.optim.Optimizer:
+    """AdamW, weight decay 0.01 on matrices; ``only``: a subset of the parameters."""
+    keep = None if only is None else {id(p) for p in only}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if keep is not None and id(p) not in keep:
+            continue
         (decay if p.dim() >= 2 and "embed" not in name else no_decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
                               {"params": no_decay, "weight_decay": 0.0}],
@@ -74,11 +116,13 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 def train_step(model, batch: dict, device: str, aux_weight: float,
-               aux_position: bool = True) -> tuple[float, float]:
+               aux_position: bool = True, aux_mode: str = "v1", tags=None) -> tuple[float, float]:
     """One forward/backward; returns (answer loss, auxiliary patch loss).
 
-    The auxiliary loss averages one CE per tag of ``batch["patch_targets"]``:
-    colour and shape, plus row and column words when ``aux_position``."""
+    ``aux_mode="v1"``: the auxiliary loss averages one CE per tag of
+    ``batch["patch_targets"]`` over the whole vocabulary and all patches:
+    colour and shape, plus row and column words when ``aux_position``.
+    ``aux_mode="tags"``: ``tag_aux_loss`` with ``tags = tag_ids(tokenizer)`` (recipe v2)."""
     batch = {k: v.to(device) for k, v in batch.items()}
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 pixel_values=batch["pixel_values"])
@@ -93,8 +137,11 @@ def train_step(model, batch: dict, device: str, aux_weight: float,
         logits = feats @ model.get_input_embeddings().weight.float().T
         n_tags = 4 if aux_position else 2
         tgt = batch["patch_targets"].reshape(-1, batch["patch_targets"].shape[-1])[:, :n_tags]
-        f = torch.nn.functional.cross_entropy
-        aux = sum(f(logits, tgt[:, k]) for k in range(n_tags)) / n_tags
+        if aux_mode == "tags":
+            aux = tag_aux_loss(logits, tgt, tags)
+        else:
+            f = torch.nn.functional.cross_entropy
+            aux = sum(f(logits, tgt[:, k]) for k in range(n_tags)) / n_tags
     (loss + aux_weight * aux).backward()
     return loss.item(), aux.item()
 
@@ -147,8 +194,8 @@ def image_mix(weights: dict[str, float]) -> dict[int, float]:
     return mix
 
 
-def parse_weights(text: str) -> dict[str, float]:
-    out = dict(KIND_WEIGHTS)
+def parse_weights(text: str, base: dict[str, float] = KIND_WEIGHTS) -> dict[str, float]:
+    out = dict(base)
     for part in filter(None, text.split(",")):
         k, v = part.split("=")
         assert k in KINDS, k
@@ -156,12 +203,222 @@ def parse_weights(text: str) -> dict[str, float]:
     return out
 
 
+def _replace_dir(src: str, dst: str) -> None:
+    """Move directory ``src`` to ``dst``, replacing it (never leaves ``dst`` half written)."""
+    old = dst + ".old"
+    if os.path.isdir(old):
+        shutil.rmtree(old)
+    if os.path.isdir(dst):
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if os.path.isdir(old):
+        shutil.rmtree(old)
+
+
+def _write_json(path, obj) -> None:
+    tmp = str(path) + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
+    """Recipe v2: stage 1 (vision warm-up on the tag loss), stage 2 (conversations),
+    a checkpoint every ``ckpt_every`` stage-2 steps: validation, float16 ``last/``,
+    ``best/`` (by validation), ``--out`` when the best beats the v1 model on
+    validation, and the resumable ``state.pt`` (fp32 model + optimizers + progress)."""
+    from pathlib import Path
+
+    from recipe_v2 import (ConvStream, evaluate_examples, init_vision, lr_cosine, tag_ids, val_examples,
+                           vision_parameters, vision_step)
+
+    dev = args.device
+    state_dir = Path(args.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state_path = state_dir / "state.pt"
+    out = Path(args.out)
+    model = new_model(spec, tokenizer, args.seed)
+    init_info = init_vision(model, spec, args.seed)
+    model.to(dev).train()
+    tags = tag_ids(tokenizer)
+    vparams = vision_parameters(model)
+    opt_v = make_optimizer(model, args.vision_lr, only=vparams)
+    opt = make_optimizer(model, args.lr)
+    stream = ConvStream(args.seed, args.batch_size, weights, spec.image_size)
+    n_params = sum(p.numel() for p in model.parameters())
+    recipe = {**{k: getattr(args, k) for k in V2_DEFAULTS}, **{k: getattr(args, k) for k in V2_EXTRA},
+              "kind_weights": weights, "recipe": "v2 (benchmarks/quality/recipe_v2.py)"}
+    st = {"progress": {"stage": "vision", "step": 0}, "best": None, "history": [], "val": [],
+          "train_s": 0.0, "init": init_info, "recipe": recipe, "commands": []}
+    if args.resume and state_path.is_file():
+        saved = torch.load(state_path, map_location="cpu", weights_only=False)
+        assert saved["recipe"] == recipe, ("recipe changed since the state was saved", saved["recipe"], recipe)
+        model.load_state_dict(saved.pop("model"))
+        opt_v.load_state_dict(saved.pop("opt_vision"))
+        opt.load_state_dict(saved.pop("opt"))
+        torch.set_rng_state(saved.pop("torch_rng"))
+        st = saved
+        print(f"resumed {state_path} at {st['progress']}", flush=True)
+    elif args.resume and (out / "train_info.json").is_file():
+        info = json.load(open(out / "train_info.json"))
+        loaded, _ = load_checkpoint(str(out), dev)
+        model.load_state_dict(loaded.state_dict())
+        del loaded
+        sel = info["selected"]  # the weights in --out are the selected checkpoint's
+        st.update(progress={"stage": sel["stage"], "step": sel["step"]}, best=sel,
+                  history=[h for h in info.get("loss_history", []) if h["stage"] == "vision" or h["step"] <= sel["step"]],
+                  val=[v for v in info.get("val_history", []) if v["stage"] == "vision" or v["step"] <= sel["step"]],
+                  train_s=info.get("train_s", 0.0))
+        print(f"resumed float16 weights of {out} at {st['progress']} (fresh optimizer state)", flush=True)
+    elif args.resume:
+        raise SystemExit(f"--resume: neither {state_path} nor {out}/train_info.json")
+    st["commands"].append("python " + " ".join(sys.argv))
+    if st["progress"]["stage"] == "text":
+        stream.skip(st["progress"]["step"])
+    print(f"params {n_params / 1e6:.2f}M, vocab {len(tokenizer)}, spec {spec.to_dict()}, init {init_info}",
+          flush=True)
+
+    val = val_examples(args.val_n, spec.image_size)
+    base_path = state_dir / f"baseline_val_n{args.val_n}.json"
+    if base_path.is_file():
+        baseline = json.load(open(base_path))
+    else:  # the v1 model on the same validation examples
+        old, proc = load_checkpoint(str(MODEL_DIR), dev)
+        baseline = evaluate_examples(old, proc.tokenizer, ModelSpec(), val, dev)
+        del old
+        _write_json(base_path, baseline)
+    print("v1 model on validation", json.dumps(baseline), flush=True)
+
+    def save_state() -> None:
+        tmp = str(state_path) + ".tmp"
+        torch.save({**st, "model": model.state_dict(), "opt_vision": opt_v.state_dict(),
+                    "opt": opt.state_dict(), "torch_rng": torch.get_rng_state()}, tmp)
+        os.replace(tmp, state_path)
+
+    def train_info(selected_eval=None) -> dict:
+        return {
+            "command": st["commands"][0], "commands": st["commands"], "recipe": recipe, "seed": args.seed,
+            "progress": st["progress"], "selected": st["best"], "train_s": round(st["train_s"], 1),
+            "device": dev, "device_name": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "params": n_params, "spec": spec.to_dict(), "init": st["init"],
+            "selection": "best val_metric = mean over tasks of (validation score - chance_score) on "
+                         f"recipe_v2.val_examples({args.val_n}); the test split selects nothing",
+            "baseline_val_v1_model": baseline, "val_history": st["val"], "loss_history": st["history"],
+            "chance": {t: round(chance_score(t), 4) for t in TASKS},
+            "eval": selected_eval,
+        }
+
+    def checkpoint() -> None:
+        t0 = time.perf_counter()
+        r = evaluate_examples(model, tokenizer, spec, val, dev)
+        probe = patch_probe(model, tokenizer, spec, dev)
+        rec = {**st["progress"], "val": r, "probe": probe, "train_s": round(st["train_s"], 1),
+               "eval_s": round(time.perf_counter() - t0, 1), "time": time.strftime("%H:%M:%S", time.gmtime())}
+        st["val"].append(rec)
+        with open(state_dir / "val_history.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print("VAL", json.dumps(rec), flush=True)
+        tmp = str(state_dir / "last.tmp")
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+        save_checkpoint(model, tokenizer, spec, tmp)
+        _write_json(os.path.join(tmp, "progress.json"), rec)
+        _replace_dir(tmp, str(state_dir / "last"))
+        if st["best"] is None or r["val_metric"] > st["best"]["val"]["val_metric"]:
+            st["best"] = {**st["progress"], "val": r, "probe": probe}
+            shutil.copytree(state_dir / "last", state_dir / "best.tmp", dirs_exist_ok=True)
+            _replace_dir(str(state_dir / "best.tmp"), str(state_dir / "best"))
+            if r["val_metric"] > baseline["val_metric"]:
+                shutil.copytree(state_dir / "best", str(out) + ".tmp", dirs_exist_ok=True)
+                os.remove(os.path.join(str(out) + ".tmp", "progress.json"))
+                _write_json(os.path.join(str(out) + ".tmp", "train_info.json"), train_info())
+                _replace_dir(str(out) + ".tmp", str(out))
+                print(f"best so far -> {out}", flush=True)
+        save_state()
+
+    # stage 1: the vision tower, projector and input embeddings on the tag loss alone
+    p = st["progress"]
+    if p["stage"] == "vision":
+        for step in range(p["step"], args.vision_steps):
+            t0 = time.perf_counter()
+            for g in opt_v.param_groups:
+                g["lr"] = lr_cosine(step, args.vision_steps, args.vision_lr, args.vision_warmup)
+            aux = vision_step(model, tokenizer, spec, tags, args.seed, step, args.vision_batch, dev)
+            torch.nn.utils.clip_grad_norm_(vparams, 1.0)
+            opt_v.step()
+            opt.zero_grad(set_to_none=True)
+            opt_v.zero_grad(set_to_none=True)
+            st["train_s"] += time.perf_counter() - t0
+            st["progress"] = {"stage": "vision", "step": step + 1}
+            if (step + 1) % args.log_every == 0:
+                st["history"].append({"stage": "vision", "step": step + 1, "aux": round(aux, 4),
+                                      "train_s": round(st["train_s"], 1)})
+                print(json.dumps(st["history"][-1]), flush=True)
+            if (step + 1) % args.vision_ckpt_every == 0 or step + 1 == args.vision_steps:
+                probe = patch_probe(model, tokenizer, spec, dev)
+                st["val"].append({**st["progress"], "probe": probe, "train_s": round(st["train_s"], 1)})
+                print("PROBE", json.dumps(st["val"][-1]), flush=True)
+                save_state()
+        st["progress"] = {"stage": "text", "step": 0}
+        save_state()
+
+    # stage 2: conversations, answer CE + aux_weight x tag loss
+    for step in range(st["progress"]["step"], args.steps):
+        t0 = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+        convs = next(stream)
+        loss, aux = train_step(model, collate(convs, tokenizer, spec), dev, args.aux_weight,
+                               bool(args.aux_position), "tags", tags)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        st["train_s"] += time.perf_counter() - t0
+        st["progress"] = {"stage": "text", "step": step + 1}
+        if (step + 1) % args.log_every == 0:
+            st["history"].append({"stage": "text", "step": step + 1, "loss": round(loss, 4), "aux": round(aux, 4),
+                                  "images": len(convs[0].images), "train_s": round(st["train_s"], 1)})
+            print(json.dumps(st["history"][-1]), flush=True)
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+            checkpoint()
+        if args.stop_at_step and step + 1 >= args.stop_at_step and step + 1 < args.steps:
+            if (step + 1) % args.ckpt_every:
+                checkpoint()
+            print(f"stopped at stage-2 step {step + 1} (--stop-at-step); continue with --resume", flush=True)
+            return
+
+    # the end: the selected (validation-best) checkpoint on the test split, reported only
+    best_dir = state_dir / "best"
+    sel, _ = load_checkpoint(str(best_dir), dev)
+    result = evaluate(sel, tokenizer, spec, args.eval_n, 0, dev)
+    print(f"selected {st['best']['stage']} step {st['best']['step']} (val_metric "
+          f"{st['best']['val']['val_metric']}); test split:", flush=True)
+    print(format_table(result), flush=True)
+    final = {"split": "test", "decoding": "greedy (transformers)", **result,
+             "mean_score": round(sum(result["scores"].values()) / len(result["scores"]), 4),
+             "margins": {t: round(s - chance_score(t), 4) for t, s in result["scores"].items()}}
+    _write_json(state_dir / "final_test.json", {"selected": st["best"], "eval": final})
+    sel_key = (st["best"]["stage"], st["best"]["step"])
+    if out.is_dir() and sel_key == tuple(json.load(open(out / "train_info.json"))["selected"][k] for k in ("stage", "step")):
+        _write_json(out / "train_info.json", train_info(final))
+    print("done", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=str(MODEL_DIR))
+    ap.add_argument("--recipe", choices=("v1", "v2"), default="v1",
+                    help="v1: the committed model's recipe (default); v2: issue 30 (recipe_v2)")
+    ap.add_argument("--out", default=None, help=f"default {MODEL_DIR} (v1), {V2_OUT} (v2)")
     for k, v in DEFAULTS.items():
-        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
+        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None,
+                        help=f"v1 {v}, v2 {V2_DEFAULTS[k]}")
+    for k, v in V2_EXTRA.items():
+        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v, help="v2 only")
+    ap.add_argument("--state-dir", default=str(V2_STATE), help="v2: resumable state, val history (not in git)")
+    ap.add_argument("--stop-at-step", type=int, default=0, help="v2: checkpoint and exit at this stage-2 step")
+    ap.add_argument("--resume", action="store_true", help="v2: continue from STATE_DIR/state.pt "
+                    "(or, without it, from the float16 weights in --out, fresh optimizer)")
     ap.add_argument("--kind-weights", default="", help="conversation kinds, e.g. spot=2 (over KIND_WEIGHTS)")
     ap.add_argument("--spec", default="", help="ModelSpec overrides, e.g. num_layers=10")
     ap.add_argument("--eval-n", type=int, default=100, help="test examples per task at the end")
@@ -171,6 +428,11 @@ def main() -> None:
     ap.add_argument("--time-steps", type=int, default=0,
                     help="only time this many steps and print the extrapolated train time")
     args = ap.parse_args()
+    for k, v in (V2_DEFAULTS if args.recipe == "v2" else DEFAULTS).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.out is None:
+        args.out = str(V2_OUT if args.recipe == "v2" else MODEL_DIR)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -179,8 +441,10 @@ def main() -> None:
     overrides = {k: type(getattr(ModelSpec(), k))(v) for k, v in
                  (p.split("=") for p in filter(None, args.spec.split(",")))}
     spec = ModelSpec(**overrides)
-    weights = parse_weights(args.kind_weights)
+    weights = parse_weights(args.kind_weights, V2_KIND_WEIGHTS if args.recipe == "v2" else KIND_WEIGHTS)
     tokenizer = build_tokenizer(spec)
+    if args.recipe == "v2":
+        return run_v2(args, spec, weights, tokenizer)
     model = new_model(spec, tokenizer, args.seed).to(args.device).train()
     n_params = sum(p.numel() for p in model.parameters())
     opt = make_optimizer(model, args.lr)

@@ -1,0 +1,269 @@
+"""Recipe v2 of the quality model (issue 30): helpers used by ``train.py --recipe v2``.
+
+Why the v1 model (``plphp_dev/quality/model``) does not read shape or position
+------------------------------------------------------------------------------
+Measured on its checkpoint and with short vision-only runs (the vision tower,
+projector and input embeddings trained on the auxiliary patch loss alone,
+64 held-out probe scenes; see ``train.patch_probe``):
+
+* Position.  CLIP's learned position embeddings start at std 0.02 (norm
+  about 0.23 per patch) while a patch embedding of a rendered scene has norm
+  about 4.9: after ``pre_layrnorm`` the position is 5% of the signal and the
+  tower barely knows where a patch is.  In the committed model they stayed
+  that way (norm 0.29 after training).  Its probe: row 0.41, column 0.35
+  (chance 1/3), and asking for row/column in the auxiliary loss did not
+  help (v1 docstring; here: still 0.33/0.35 after 100 vision-only steps).
+  The text model cannot recover 2D position either: it sees 144 image tokens
+  through 1D RoPE.  Hence position 0.14 (chance 0.11) even though the colour
+  probe is 1.0 and "Where is the red circle?" only needs the red patches.
+* Shape.  Probe 0.41 (chance 0.2).  An 8 px patch of a 18-26 px object shows
+  a piece of a silhouette whose pixels are background or object colour; the
+  random linear patch embedding mixes colour and silhouette, and telling
+  silhouettes apart colour-invariantly takes many steps (vision-only: shape
+  at chance after 200 steps in every variant with the default patch init).
+  Colour ("What color is the circle?") needs the shape to find the object, so
+  it fails too (0.31 while the colour probe is 1.0); differ and caption need
+  colour and shape together.
+* The auxiliary loss.  v1 averages full-vocabulary CEs over all patches;
+  about 85% of the patches are background (target ``<unk>``), so the object
+  tags get a small share of the gradient, and one softmax must put its mass
+  on four words at once (floor log 4 per tag).
+* Steps.  550 steps of 32 conversations; the answer loss was still falling.
+
+What v2 changes (the architecture and checkpoint format are those of v1:
+standard llava-hf CLIP + MLP projector + Llama, loadable by vLLM unchanged)
+---------------------------------------------------------------------------
+1. Init only: the CLIP position embeddings start as a 2D sin-cos table
+   (row and column, 32 frequencies each, ``sincos_2d``) scaled to the mean
+   patch-embedding norm, so every patch knows its row and column from step
+   0.  They stay ordinary learned parameters.
+2. Init only: the first 64 patch-embedding channels pass each pixel's
+   (negated) luminance through (``LUMINANCE_ALPHA``): every object is darker
+   than every background, so these channels carry the patch's silhouette
+   whatever its colour.  The other 64 channels keep the default init.
+3. ``tag_aux_loss``: background patches -> ``<unk>`` over the vocabulary
+   (weight 0.25); object patches -> one CE per tag over that tag's words
+   only (colour among 6, shape among 5, row among top/center/bottom, column
+   among left/center/right).  Position tags are on.
+4. Stage 1 (vision warm-up, ``vision_steps``): only the vision tower,
+   projector and input embeddings, on ``tag_aux_loss`` over fresh random
+   scenes ("vision/<seed>/<step>/<j>"); an order of magnitude cheaper per
+   image than a full step, so the tower learns colour, shape and position
+   before the text model has to use them.
+5. Stage 2: the v1 conversations and answer loss (+ the v2 aux loss), more
+   steps, more ``single`` conversations (colour/shape/position/count),
+   fewer ``compare`` (already 0.94 in v1).
+6. A validation split (``val_examples``: ``make_examples("train", n,
+   seed=VAL_SEED)``, generators "train/<VAL_SEED>/<task>/<i>", shared with
+   neither the training conversations "conv/train/<seed>/...", the vision
+   scenes "vision/<seed>/...", nor the test split "test/...").  Every
+   checkpoint is scored on it; the best by ``val_metric`` (mean over tasks
+   of score - chance) is kept.  The test split is only evaluated at the end,
+   on the selected checkpoint, and never selects anything.
+
+Measured in short vision-only runs (1 thread, shared CPU, 100-200 steps of
+32 scenes, probe accuracy colour/shape/row/column):
+default init + v1 loss 0.98/0.23/0.33/0.35; default init + balanced loss
+1.0/0.23/0.33/0.35; sin-cos + balanced 1.0/0.25/0.92/0.94; sin-cos + tag loss
+1.0/0.27/1.0/1.0; sin-cos + tag loss + luminance (alpha 1, lr 2e-3, 144 steps)
+0.94/0.49/1.0/1.0.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+
+from batches import COL_WORDS, ROW_WORDS, encode  # benchmarks/quality is sys.path[0]
+from plphp_dev.quality import conversations
+from plphp_dev.quality.conversations import KINDS, make_conversation
+from plphp_dev.quality.model import ModelSpec, pixel_values
+from plphp_dev.quality.scenes import COLOR_NAMES, SHAPES, random_scene, render
+from plphp_dev.quality.tasks import TASKS, chance_score, make_examples, score
+
+VAL_SEED = 31337  # validation = make_examples("train", n, seed=VAL_SEED)
+SINCOS_TEMPERATURE = 100.0  # lowest frequency 100**(-31/32) rad per patch
+LUMINANCE_ALPHA = 1.0
+BACKGROUND_WEIGHT = 0.25
+
+
+def sincos_2d(grid: int, dim: int, temperature: float = SINCOS_TEMPERATURE) -> torch.Tensor:
+    """(grid*grid, dim) row-major table [sin x, cos x, sin y, cos y], unit rows."""
+    q = dim // 4
+    assert 4 * q == dim, dim
+    y, x = torch.meshgrid(torch.arange(grid, dtype=torch.float64),
+                          torch.arange(grid, dtype=torch.float64), indexing="ij")
+    om = 1.0 / temperature ** (torch.arange(q, dtype=torch.float64) / q)
+    x = x.flatten()[:, None] * om
+    y = y.flatten()[:, None] * om
+    t = torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], 1)
+    return (t / t.norm(dim=1, keepdim=True)).float()
+
+
+def vision_embeddings(model):
+    tower = model.model.vision_tower
+    return getattr(tower, "vision_model", tower).embeddings
+
+
+@torch.no_grad()
+def init_vision(model, spec: ModelSpec, seed: int, pos_init: str = "sincos",
+                patch_init: str = "luminance") -> dict:
+    """Recipe v2 init of the CLIP embeddings (in place); returns what it measured."""
+    emb = vision_embeddings(model)
+    scenes = [random_scene(random.Random(f"init/{seed}/{i}")) for i in range(16)]
+    pix = pixel_values([render(s, spec.image_size) for s in scenes], spec)
+    patch_norm = emb.patch_embedding(pix).flatten(2).norm(dim=1).mean().item()
+    info = {"default_patch_norm": round(patch_norm, 3),
+            "default_position_norm": round(emb.position_embedding.weight.norm(dim=1).mean().item(), 3)}
+    if pos_init == "sincos":
+        g = spec.image_size // spec.patch_size
+        emb.position_embedding.weight[1:] = sincos_2d(g, spec.vision_hidden_size) * patch_norm
+        emb.position_embedding.weight[0] = 0.0  # CLS, dropped by the "default" strategy
+    if patch_init == "luminance":
+        w = emb.patch_embedding.weight  # (C, 3, p, p)
+        p = spec.patch_size
+        assert w.shape[0] >= p * p, w.shape
+        for k in range(p * p):
+            w[k].zero_()
+            w[k, :, k // p, k % p] = -LUMINANCE_ALPHA / 3
+        info["luminance_patch_norm"] = round(emb.patch_embedding(pix).flatten(2).norm(dim=1).mean().item(), 3)
+    return info
+
+
+def tag_ids(tokenizer) -> tuple[int, list[torch.Tensor]]:
+    """``(unk id, [candidate word ids per tag])``, tags = colour, shape, row, column."""
+    words = (COLOR_NAMES, SHAPES, ROW_WORDS, COL_WORDS)
+    return tokenizer.unk_token_id, [torch.tensor([encode(tokenizer, " " + w)[0] for w in ws])
+                                    for ws in words]
+
+
+def tag_aux_loss(logits: torch.Tensor, tgt: torch.Tensor, tags) -> torch.Tensor:
+    """``BACKGROUND_WEIGHT`` x CE(background patches -> ``<unk>``, whole vocabulary)
+    + mean over tags of CE(object patches -> the tag's word, among that tag's words).
+
+    ``logits``: (patches, vocab) = image tokens . input embeddings;
+    ``tgt``: (patches, n_tags) target ids from ``batches.patch_targets``."""
+    unk, cands = tags
+    f = torch.nn.functional.cross_entropy
+    obj = tgt[:, 0] != unk
+    loss = BACKGROUND_WEIGHT * f(logits[~obj], tgt[~obj, 0]) if (~obj).any() else logits.sum() * 0
+    if obj.any():
+        lo, to = logits[obj], tgt[obj]
+        n = min(len(cands), tgt.shape[1])
+        for k in range(n):
+            cand = cands[k].to(logits.device)
+            y = (to[:, k, None] == cand[None]).float().argmax(1)
+            loss = loss + f(lo[:, cand], y) / n
+    return loss
+
+
+def image_tokens(model, pix: torch.Tensor) -> torch.Tensor:
+    """Projected image tokens (N, patches, hidden), as the LLaVA forward computes them."""
+    cfg = model.config
+    out = model.model.get_image_features(pixel_values=pix, vision_feature_layer=cfg.vision_feature_layer,
+                                         vision_feature_select_strategy=cfg.vision_feature_select_strategy)
+    feats = out.pooler_output if hasattr(out, "pooler_output") else out
+    return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+
+
+def vision_scenes(seed: int, step: int, n: int):
+    return [random_scene(random.Random(f"vision/{seed}/{step}/{j}")) for j in range(n)]
+
+
+def vision_step(model, tokenizer, spec: ModelSpec, tags, seed: int, step: int, n: int, device: str) -> float:
+    """Stage 1: one forward/backward of ``tag_aux_loss`` on ``n`` fresh scenes."""
+    from batches import patch_targets
+
+    scenes = vision_scenes(seed, step, n)
+    pix = pixel_values([render(s, spec.image_size) for s in scenes], spec).to(device)
+    tgt = patch_targets(scenes, tokenizer, spec).reshape(-1, 4).to(device)
+    feats = image_tokens(model, pix).reshape(-1, spec.hidden_size).float()
+    logits = feats @ model.get_input_embeddings().weight.float().T
+    loss = tag_aux_loss(logits, tgt, tags)
+    loss.backward()
+    return loss.item()
+
+
+def vision_parameters(model) -> list[torch.nn.Parameter]:
+    """What stage 1 trains: vision tower, projector, input embeddings."""
+    return (list(model.model.vision_tower.parameters())
+            + list(model.model.multi_modal_projector.parameters())
+            + [model.get_input_embeddings().weight])
+
+
+class ConvStream:
+    """``batches.batch_stream(seed, batch_size, kind_weights, "train", image_size)``,
+    batch for batch, but resumable: ``skip(n)`` replays n batches without
+    drawing a pixel (a conversation's image count comes from its scenes)."""
+
+    def __init__(self, seed: int, batch_size: int, kind_weights: dict[str, float], image_size: int = 96):
+        self.seed, self.batch_size, self.image_size = seed, batch_size, image_size
+        self.rng = random.Random(seed)
+        self.names = list(KINDS)
+        self.weights = [kind_weights.get(k, 1.0) for k in self.names]
+        self.counters = dict.fromkeys(self.names, 0)
+        self.buckets: dict[int, list[tuple[str, int]]] = {}
+        self.consumed = 0
+
+    def _n_images(self, kind: str, index: int) -> int:
+        # the same generator make_conversation uses, without rendering
+        rng = random.Random(f"conv/train/{self.seed or 0}/{kind}/{index}")
+        return len(conversations._MAKERS[kind](rng)[0])
+
+    def _next_keys(self) -> list[tuple[str, int]]:
+        while True:
+            kind = self.rng.choices(self.names, self.weights)[0]
+            index = self.counters[kind]
+            self.counters[kind] += 1
+            n = self._n_images(kind, index)
+            bucket = self.buckets.setdefault(n, [])
+            bucket.append((kind, index))
+            if len(bucket) == self.batch_size:
+                self.buckets[n] = []
+                self.consumed += 1
+                return bucket
+
+    def skip(self, n: int) -> None:
+        for _ in range(n):
+            self._next_keys()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return [make_conversation(k, "train", i, self.seed, self.image_size) for k, i in self._next_keys()]
+
+
+def val_examples(n_per_task: int, image_size: int = 96):
+    """The validation split: ``n_per_task`` examples per task, never test, never trained on."""
+    return make_examples("train", n_per_task, seed=VAL_SEED, image_size=image_size)
+
+
+def evaluate_examples(model, tokenizer, spec: ModelSpec, examples, device: str) -> dict:
+    """Greedy scores per task on ``examples`` + margins over ``chance_score``."""
+    from eval_hf import generate
+
+    answers = generate(model, tokenizer, spec, examples, device)
+    per: dict[str, list[float]] = {}
+    for ex, a in zip(examples, answers):
+        per.setdefault(ex.task, []).append(score(ex.task, a, ex.answer))
+    scores = {t: round(sum(v) / len(v), 4) for t, v in per.items()}
+    margins = {t: round(s - chance_score(t), 4) for t, s in scores.items()}
+    return {"n_per_task": len(next(iter(per.values()))), "scores": scores, "margins": margins,
+            "val_metric": round(val_metric(margins), 4), "min_margin": round(min(margins.values()), 4),
+            "tasks_20_above": sum(m >= 0.2 for m in margins.values())}
+
+
+def val_metric(margins: dict[str, float]) -> float:
+    """Selection metric: mean over tasks of (score - best image-blind score)."""
+    return sum(margins[t] for t in TASKS if t in margins) / len(margins)
+
+
+def lr_cosine(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up, cosine to 0.1 x lr (as ``train.lr_at``)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
