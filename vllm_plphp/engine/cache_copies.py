@@ -19,11 +19,17 @@ its own copy.
   in this step, all of its copies or none: allocated only if the pool keeps a
   block per running request and layer free afterwards (so a copy never makes
   vLLM preempt a request). Without room the request compacts in place and its
-  region is not cached (counted, logged once); if its region holds blocks
-  shared through the cache (a hit), compacting them in place would corrupt
-  them, so it decodes unpruned instead (counted too). The step's copies go to
-  the worker on the SchedulerOutput (`plphp_copies`: req_id -> (first region
-  block, {group: [block ids]}), or None: do not prune).
+  region is not cached (counted, logged once). A region holding blocks shared
+  through the cache (a hit) must not be compacted in place: its copies are
+  then taken whenever the pool has them at all, reserve or not.
+- `limit_hit`: so that such a request always finds them, a cache hit through
+  the image is taken only while the pool has room for the request's rest of
+  prompt, its copies and the reserve; under pressure the hit stops at the
+  image and the request recomputes it (its region is then its own). Only if
+  the pool cannot give the copies at the prompt's end after all does the
+  request decode unpruned (counted; never seen in the soak).
+  The step's copies go to the worker on the SchedulerOutput (`plphp_copies`:
+  req_id -> (first region block, {group: [block ids]}), or None: do not prune).
 """
 
 from __future__ import annotations
@@ -94,19 +100,47 @@ def _managers(scheduler) -> list:
     return managers
 
 
-def _needs(managers, request, plan: RequestPlan) -> dict[int, int]:
-    """{group: blocks to copy} for a request whose prompt ends in this step."""
-    total = request.num_computed_tokens  # entries in the cache after this step
+def _needs(managers, request, plan: RequestPlan, total: int | None = None) -> dict[int, int]:
+    """{group: blocks to copy} once the request's prompt is in the cache
+    (`total` entries; default: what it holds after this step)."""
+    total = request.num_computed_tokens if total is None else total
     needs = {}
     for gid, manager in enumerate(managers):
         if manager.layer_index not in plan.pruned_layers:
             continue
-        blocks = manager.req_to_blocks.get(request.request_id, [])
         bs = manager.block_size
-        keep_max = min(cdiv(total, bs), cdiv(total - plan.removed_min + 1, bs), len(blocks))
+        keep_max = min(cdiv(total, bs), cdiv(total - plan.removed_min + 1, bs))
+        blocks = manager.req_to_blocks.get(request.request_id)
+        if blocks is not None:
+            keep_max = min(keep_max, len(blocks))
         if keep_max > plan.start:
             needs[gid] = keep_max - plan.start
     return needs
+
+
+def _reserve(scheduler, managers) -> int:
+    return len(scheduler.running) * len(managers)
+
+
+def limit_hit(scheduler, request, blocks, num_computed: int):
+    """A prefix-cache hit through the request's image only with room for its
+    copies later (see the module doc); else the hit up to the image.
+    Returns (blocks, num_computed) (KVCacheBlocks, tokens)."""
+    plan = getattr(request, "plphp", None)
+    managers = _managers(scheduler)
+    if plan is None or not managers:
+        return blocks, num_computed
+    bs = managers[0].block_size
+    if num_computed <= plan.start * bs:
+        return blocks, num_computed
+    pool = scheduler.kv_cache_manager.block_pool
+    held = sum(1 for group in blocks.blocks for b in group if b.ref_cnt == 0)
+    rest = len(managers) * max(0, cdiv(request.num_prompt_tokens + 1, bs) - num_computed // bs)
+    needs = sum(_needs(managers, request, plan, request.num_prompt_tokens).values())
+    if pool.get_num_free_blocks() - held - rest - needs >= _reserve(scheduler, managers):
+        return blocks, num_computed
+    cut = type(blocks)(tuple(list(group[:plan.start]) for group in blocks.blocks))
+    return cut, plan.start * bs
 
 
 def _shared(managers, request_id: str, plan: RequestPlan, needs: dict[int, int]) -> bool:
@@ -137,14 +171,14 @@ def plan_copies(scheduler, output) -> None:
         needs = _needs(managers, request, plan)
         if not needs:
             continue
-        reserve = len(scheduler.running) * len(managers)
+        shared = _shared(managers, req_id, plan, needs)
+        reserve = 0 if shared else _reserve(scheduler, managers)
         if pool.get_num_free_blocks() - sum(needs.values()) >= reserve:
             copies[req_id] = (plan.start, {
                 gid: [b.block_id for b in managers[gid].copy_region(req_id, plan.start, count).blocks]
                 for gid, count in needs.items()})
             counts["prompt_cache_copies"] = counts.get("prompt_cache_copies", 0) + 1
             continue
-        shared = _shared(managers, req_id, plan, needs)
         if shared:
             copies[req_id] = None  # never compact blocks the cache holds
         counts["prompt_cache_fallbacks"] = counts.get("prompt_cache_fallbacks", 0) + 1

@@ -25,6 +25,7 @@ PATCH_MODULES = (
     "vllm_plphp.patches.v1_worker_gpu_input_batch",
     "vllm_plphp.patches.v1_worker_gpu_model_runner_v2",
     "vllm_plphp.patches.v1_core_sched_scheduler",
+    "vllm_plphp.patches.v1_core_kv_cache_manager",
 )
 
 

@@ -46,6 +46,8 @@ def _on(scheduler) -> bool:
     on = getattr(scheduler, "_plphp_on", None)
     if on is None:
         on = scheduler._plphp_on = plphp_selected(scheduler.vllm_config)
+        if on:  # for the hit limit (patches/v1_core_kv_cache_manager.py)
+            scheduler.kv_cache_manager.plphp_scheduler = scheduler
     return on
 
 

@@ -132,3 +132,35 @@ def test_request_leaving_before_the_prune_event_frees_its_copies():
     assert managers[1].prune("r", 12, 22) == 0  # the late event finds nothing
     assert pool.get_num_free_blocks() == pool.num_gpu_blocks - 1
     assert all(b.ref_cnt == 0 for b in pool.blocks[1:])
+
+
+def test_shared_region_takes_its_copies_past_the_reserve():
+    """A region the cache shares must be copied: the reserve kept for running
+    requests does not apply, only whether the pool has the blocks."""
+    scheduler, managers, pool, stats = setup(pool_size=36)  # 24 held, 11 free
+    add(scheduler, managers, "r", prompt=22, start=2)
+    scheduler.running = ["r", "x", "y"]  # reserve 12 > 11 - 8
+    managers[1].req_to_blocks["r"][3].ref_cnt += 1
+    output = SimpleNamespace(num_scheduled_tokens={"r": 22})
+    plan_copies(scheduler, output)
+    assert set(output.plphp_copies["r"][1]) == {1, 2}
+    assert stats.added == [{"prompt_cache_copies": 1}]
+    managers[1].req_to_blocks["r"][3].ref_cnt -= 1
+
+
+def test_hit_through_the_image_only_with_room_for_the_copies():
+    from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+
+    from vllm_plphp.engine.cache_copies import limit_hit
+
+    scheduler, managers, pool, _ = setup(pool_size=64)
+    request = SimpleNamespace(request_id="n", num_prompt_tokens=22, num_computed_tokens=0,
+                              plphp=RequestPlan(2, frozenset({1, 2}), 0))
+    hit = KVCacheBlocks(tuple(pool.get_new_blocks(5) for _ in managers))  # 20 tokens, all layers
+    blocks, n = limit_hit(scheduler, request, hit, 20)
+    assert n == 20 and blocks is hit  # room: 43 free for 4 x 1 rest + 8 copies
+    scheduler.running = list(range(9))  # reserve 36
+    blocks, n = limit_hit(scheduler, request, hit, 20)
+    assert n == 8 and [len(g) for g in blocks.blocks] == [2] * 4  # stops at the image's block
+    blocks, n = limit_hit(scheduler, request, KVCacheBlocks(tuple(g[:2] for g in hit.blocks)), 8)
+    assert n == 8  # a hit before the image is never cut
