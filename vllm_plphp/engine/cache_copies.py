@@ -184,8 +184,9 @@ def plan_copies(scheduler, output) -> None:
         counts["prompt_cache_fallbacks"] = counts.get("prompt_cache_fallbacks", 0) + 1
         logger.warning_once(
             "PLPHP: no free blocks to keep a pruned request's prompt in the prefix cache; "
-            "such requests compact in place (their image is not cached), or decode unpruned "
-            "when their image came from the cache (vllm:plphp_prompt_cache_fallbacks counts them)")
+            "such requests compact in place (their image is not cached), or, if their image "
+            "came from the cache and the pool cannot give the copies at all, decode unpruned "
+            "(vllm:plphp_prompt_cache_fallbacks counts them)")
     if copies:
         output.plphp_copies = copies
     if counts:
