@@ -110,7 +110,12 @@ def test_pp2_frees_the_same_blocks_and_counts_once(pp1, pp2):
     """Stage 0's events reach the scheduler: blocks freed (both stages'
     layers) and the per-layer counts equal PP=1; requests are counted once."""
     assert pp1["totals"]["kv_blocks_freed"] > 0
-    assert pp2["totals"] == pp1["totals"]
+    # under pipeline parallelism a request's image is not kept in the prefix
+    # cache (no region copies: a KV cache group spans a layer of each stage)
+    cache = ("prompt_cache_copies", "prompt_cache_fallbacks")
+    assert pp2["totals"]["prompt_cache_copies"] == 0 < pp1["totals"]["prompt_cache_copies"]
+    assert {k: v for k, v in pp2["totals"].items() if k not in cache} == \
+        {k: v for k, v in pp1["totals"].items() if k not in cache}
     # two image prompts under the mixed setting, FastV and VTW; not once per stage
     assert pp2["totals"]["requests_pruned"] == 6
     assert pp1["leaked"] == pp2["leaked"] == 0

@@ -38,6 +38,18 @@ def test_chat_completion_with_image_data_url(server):
     assert resp.usage.prompt_tokens > 576  # the image's 576 tokens are in the prompt
     assert resp.usage.completion_tokens == 8
     assert "PLPHP attention backend active" in server.logs()
+
+
+def test_start_up_prints_no_warning_or_error_of_ours(server):
+    """vLLM reserves VLLM_* environment names and warns on unknown ones, so
+    PLPHP's are PLPHP_*; nothing of PLPHP's logs at WARNING or above when a
+    server starts and serves (this server's log, a real start-up)."""
+    chat(server, 1)
+    lines = server.logs().splitlines()
+    assert not [line for line in lines if "Unknown vLLM environment variable" in line]
+    ours = [line for line in lines
+            if ("WARNING" in line or "ERROR" in line) and "plphp" in line.lower()]
+    assert not ours, ours[:5]
     runner = "Model Runner V2 (async scheduling True" if gpu_defaults.enabled() else \
         "Model Runner V1 (async scheduling False"
     assert f"PLPHP attached to {runner}" in server.logs()

@@ -72,7 +72,7 @@ class PlphpLayerManager(FullAttentionManager):
         plan = getattr(request, "plphp", None)  # vllm_plphp.engine.cache_copies.RequestPlan
         if plan is not None:
             num_tokens = min(num_tokens, request.num_prompt_tokens)
-            if self.layer_index in plan.pruned_layers:
+            if plan.prunes(self.layer_index):
                 num_tokens = min(num_tokens, plan.start * self.block_size)
         super().cache_blocks(request, num_tokens, *args, **kwargs)
 

@@ -48,8 +48,14 @@ from vllm_plphp.request_config import config_for_request
 @dataclass(frozen=True)
 class RequestPlan:
     start: int  # block index holding the first vision token
-    pruned_layers: frozenset  # decoder layers the request's policy prunes
+    # decoder layers the request's policy prunes; None: treat every layer as
+    # pruned and make no copies (pipeline parallelism: a KV cache group there
+    # spans one layer of each stage, so its region is cached in no layer)
+    pruned_layers: frozenset | None
     removed_min: int  # entries pruning removes from every pruned layer, at least
+
+    def prunes(self, layer_index: int) -> bool:
+        return self.pruned_layers is None or layer_index in self.pruned_layers
 
 
 def min_removed(config, sizes: list[int]) -> int:
@@ -78,6 +84,8 @@ def plan_request(scheduler, request) -> RequestPlan | None:
     if not layers:
         return None
     sizes = [int(p.numel()) for p in vision_positions(request.mm_features)]
+    if scheduler.vllm_config.parallel_config.pipeline_parallel_size > 1:
+        layers = None
     return RequestPlan(first // _managers(scheduler)[0].block_size, layers,
                        min_removed(config, sizes))
 
@@ -94,9 +102,10 @@ def _managers(scheduler) -> list:
     if managers and getattr(managers[0], "layer_index", -1) == -1:
         from vllm.model_executor.models.utils import extract_layer_index
 
+        groups = scheduler.kv_cache_config.kv_cache_groups
         for gid, manager in enumerate(managers):
-            names = scheduler.kv_cache_config.kv_cache_groups[gid].layer_names
-            manager.layer_index = extract_layer_index(names[0])
+            names = groups[gid].layer_names if gid < len(groups) else []
+            manager.layer_index = extract_layer_index(names[0]) if len(names) == 1 else -2
     return managers
 
 
@@ -105,6 +114,8 @@ def _needs(managers, request, plan: RequestPlan, total: int | None = None) -> di
     (`total` entries; default: what it holds after this step)."""
     total = request.num_computed_tokens if total is None else total
     needs = {}
+    if plan.pruned_layers is None:
+        return needs
     for gid, manager in enumerate(managers):
         if manager.layer_index not in plan.pruned_layers:
             continue

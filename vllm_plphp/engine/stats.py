@@ -3,7 +3,7 @@
 freed blocks and writes its totals to its own small JSON file (atomically).
 The files of one engine share a prefix chosen where the engine's config is
 built (`new_stats_path`) and passed on through the environment
-(`VLLM_PLPHP_STATS_FILE`) to the engine cores spawned after it; core r of a
+(`PLPHP_STATS_FILE`) to the engine cores spawned after it; core r of a
 data-parallel engine writes `<prefix>.core<r>.json` (`core_file`), and the
 API server's collector sums the cores' files (`read_totals`). The process that
 chose the prefix removes the files when it exits.
@@ -22,7 +22,7 @@ import json
 import os
 import tempfile
 
-ENV = "VLLM_PLPHP_STATS_FILE"
+ENV = "PLPHP_STATS_FILE"  # not VLLM_*: vLLM warns on VLLM_ names it does not know
 BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 COUNTERS = ("requests_pruned", "requests_skipped", "vision_tokens_seen",
             "vision_tokens_kept", "video_tokens_seen", "kv_blocks_freed",

@@ -6,7 +6,7 @@ core writes its totals to its own small JSON file (atomically, on the steps
 that prune); a Prometheus collector registered in the API server sums them at
 scrape time, so a data-parallel server shows the sum over its cores. The file
 prefix is chosen where the engine's config is built and passed on through the
-environment (`VLLM_PLPHP_STATS_FILE`), which the engine cores inherit
+environment (`PLPHP_STATS_FILE`), which the engine cores inherit
 (`vllm_plphp.engine.stats`).
 
 Metrics:
