@@ -86,7 +86,7 @@ KIND_WEIGHTS = {"single": 2.0, "caption": 1.5, "differ": 1.0, "spot": 1.0, "comp
 # Recipe v2 (issue 30; reasoning and measurements in recipe_v2's docstring).
 V2_DEFAULTS = dict(steps=1500, batch_size=32, lr=1e-3, warmup=100, seed=0, aux_weight=1.0, aux_position=1)
 V2_KIND_WEIGHTS = {"single": 3.0, "caption": 1.5, "differ": 1.0, "spot": 1.0, "compare": 0.5}
-V2_EXTRA = dict(vision_steps=2500, vision_batch=32, vision_lr=2e-3, vision_warmup=100,
+V2_EXTRA = dict(vision_steps=1000, vision_batch=32, vision_lr=2e-3, vision_warmup=100,
                 vision_ckpt_every=500, val_n=40, ckpt_every=100)
 V2_OUT = ROOT / "plphp_dev" / "quality" / "model_v2"
 V2_STATE = ROOT / ".train_state" / "v2"
