@@ -66,7 +66,9 @@ Measured in short vision-only runs (1 thread, shared CPU, 100-200 steps of
 default init + v1 loss 0.98/0.23/0.33/0.35; default init + balanced loss
 1.0/0.23/0.33/0.35; sin-cos + balanced 1.0/0.25/0.92/0.94; sin-cos + tag loss
 1.0/0.27/1.0/1.0; sin-cos + tag loss + luminance (alpha 1, lr 2e-3, 144 steps)
-0.94/0.49/1.0/1.0.
+0.94/0.49/1.0/1.0.  The full stage 1 (seed 0, 1 thread): after 500 of its
+1000 steps (262 s) the probe reads colour 1.0, shape 0.99, row 1.0, column
+1.0, background 1.0 (v1 model: 1.0/0.41/0.41/0.35).
 """
 
 from __future__ import annotations

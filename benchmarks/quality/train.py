@@ -30,7 +30,10 @@ image tokens name their tags on held-out scenes.
 
 Recipe v2 (issue 30: a model that reads its pictures, trained on CPU)
 ---------------------------------------------------------------------
-    python benchmarks/quality/train.py --recipe v2 --threads 2 [--resume]
+    python benchmarks/quality/train.py --recipe v2 --threads 1 [--resume]
+
+(``--threads 1``: on the shared 2-core machine a stage-1 step took 0.5 s
+with one thread and 2.1 s with two while another job held a core.)
 
 Same architecture, spec, tokenizer and checkpoint format as v1 (vLLM loads
 it exactly like ``plphp_dev/quality/model``); what changes is init, loss,
