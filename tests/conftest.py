@@ -59,6 +59,18 @@ def greedy(max_tokens: int = MAX_TOKENS, plphp=None):
     return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, extra_args=extra)
 
 
+def kept(records) -> dict:
+    """{layer: kept entries} of a request's PLPHP records (engine or reference)."""
+    return {layer: r["kept"] for layer, r in (records or {}).items()}
+
+
+def mixed_thresholds(records) -> dict:
+    """alpha / beta at midpoints between the gammas of a 3-pruned-layer model's
+    records: one attentive, one balanced, one indifferent layer."""
+    g = sorted(r["gamma"] for r in records.values())
+    return {"alpha": (g[1] + g[2]) / 2, "beta": (g[0] + g[1]) / 2, "r": 0.5, "delta_r": 0.3}
+
+
 def token_ids(outputs) -> list[list[int]]:
     return [list(o.outputs[0].token_ids) for o in outputs]
 

@@ -20,7 +20,7 @@ FastV and VTW, each request its own settings:
 import pytest
 
 from plphp_dev.fixtures.prompts import get_prompt, prompt_inputs
-from tests.conftest import greedy, make_inprocess_llm, make_llm, scheduler_of
+from tests.conftest import greedy, kept, make_inprocess_llm, make_llm, mixed_thresholds, scheduler_of
 from vllm_plphp.config import PlphpConfig
 
 pytestmark = pytest.mark.usefixtures("eager_engines")
@@ -49,17 +49,6 @@ def run_batch(llm, requests):
                 outputs[out.request_id] = list(out.outputs[0].token_ids)
         free.append(pool.get_num_free_blocks())
     return outputs, free, start
-
-
-def kept(records) -> dict:
-    return {layer: r["kept"] for layer, r in (records or {}).items()}
-
-
-def mixed_thresholds(records) -> dict:
-    """alpha / beta at midpoints between the 3 pruned layers' gammas: one
-    attentive, one balanced, one indifferent layer."""
-    g = sorted(r["gamma"] for r in records.values())
-    return {"alpha": (g[1] + g[2]) / 2, "beta": (g[0] + g[1]) / 2, "r": 0.5, "delta_r": 0.3}
 
 
 class Runs:

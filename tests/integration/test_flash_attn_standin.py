@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from plphp_dev.fixtures.prompts import get_prompt, prompt_inputs
-from tests.conftest import greedy, make_inprocess_llm, runner_of
+from tests.conftest import greedy, kept, make_inprocess_llm, mixed_thresholds, runner_of
 from tests.support import flash_attn_cpu
 from vllm_plphp.config import PlphpConfig
 
@@ -56,17 +56,6 @@ def engine(path, *args, **kwargs):
     clear_backend_cache()
     return make_inprocess_llm(path, *args, dtype=DTYPE, distributed_executor_backend="uni",
                               **kwargs)
-
-
-def kept(records) -> dict:
-    return {layer: r["kept"] for layer, r in (records or {}).items()}
-
-
-def mixed_thresholds(records) -> dict:
-    """alpha / beta at midpoints between the 3 pruned layers' gammas: one
-    attentive, one balanced, one indifferent layer."""
-    g = sorted(r["gamma"] for r in records.values())
-    return {"alpha": (g[1] + g[2]) / 2, "beta": (g[0] + g[1]) / 2, "r": 0.5, "delta_r": 0.3}
 
 
 def generate(llm, requests, plphp=True):
