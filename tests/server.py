@@ -43,7 +43,7 @@ class Server:
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", prefix="vllm-serve-", delete=False)
         self.proc = subprocess.Popen(
             cmd, stdout=self.log, stderr=subprocess.STDOUT,
-            env={**os.environ, "VLLM_LOGGING_LEVEL": "INFO", **(env or {})},
+            env={**_inherited_env(), "VLLM_LOGGING_LEVEL": "INFO", **(env or {})},
             start_new_session=True,
         )
         self._wait(timeout)
@@ -80,3 +80,12 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait()
+
+
+def _inherited_env() -> dict:
+    """This process's environment without VLLM_DIST_IDENT: vLLM's CPU worker
+    writes it into os.environ of whatever process ran an in-process engine
+    earlier in the session, and a server started afterwards would then warn
+    about it as an unknown vLLM variable (it is vLLM's, not ours)."""
+    return {k: v for k, v in os.environ.items() if k != "VLLM_DIST_IDENT"}
+
