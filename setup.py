@@ -18,6 +18,8 @@ setup(
     },
     entry_points={
         "vllm.general_plugins": ["plphp = vllm_plphp:register"],
+        # PLPHP's counters on /metrics (vllm_plphp/frontend/metrics.py)
+        "vllm.stat_logger_plugins": ["plphp = vllm_plphp.frontend.metrics:PlphpStatLogger"],
         "console_scripts": ["vllm-plphp = vllm_plphp.cli:main"],
     },
 )

@@ -59,13 +59,9 @@ def register() -> None:
         return
     _register_name(BACKEND_PATH)
 
-    from vllm_plphp.frontend.metrics import register_collector
     from vllm_plphp.patches import apply_patches
 
     apply_patches()
-    # fixes the stats file path in the environment before the engine core is
-    # spawned, and exposes it on this process's /metrics (the API server's)
-    register_collector()
 
 
 def _register_name(path: str) -> None:

@@ -4,16 +4,13 @@ worker each; tests/support/ray_cpu.py), through the real `openai` client.
 
 PLPHP's `/metrics` counters count each pruned request once, with every
 worker pruning (records read from both ranks through vLLM's dev-mode
-`/collective_rpc`), and the metrics never leave the API server's host: the
-engine core, which applies the workers' prune events and writes the stats
-file, is a local child of `vllm serve`; the workers are Ray actors under the
-nodes' raylets and send their events back only inside the ModelRunnerOutput.
+`/collective_rpc`): the engine core, which applies the workers' prune events
+and sends the counts on with its SchedulerStats, is a local child of `vllm
+serve`; the workers are Ray actors under the nodes' raylets and send their
+events back only inside the ModelRunnerOutput.
 Pipeline parallelism under Ray is refused at start-up (untested there)."""
 
-import glob
 import json
-import os
-import tempfile
 import urllib.request
 
 import psutil
@@ -127,10 +124,10 @@ def descendants(pid: int) -> dict[int, str]:
     return out
 
 
-def test_stats_stay_on_the_api_servers_host(served, workload):
-    """The engine core is a child of `vllm serve` (this host); the workers are
-    Ray actors under the two nodes' raylets; the stats file the collector
-    reads is the engine core's, named by the API server's pid."""
+def test_engine_core_is_local_and_workers_are_ray_actors(served, workload):
+    """The engine core (whose scheduler counts) is a child of `vllm serve`;
+    the workers are Ray actors under the two nodes' raylets; the counts carry
+    vLLM's labels for that one engine."""
     srv, local = served
     below_server = descendants(srv.proc.pid)
     cores = [pid for pid, title in below_server.items() if "EngineCore" in title]
@@ -142,12 +139,9 @@ def test_stats_stay_on_the_api_servers_host(served, workload):
                                  if "RayWorkerProc" in title]
     assert sorted(len(w) for w in workers.values()) == [1, 1]  # one worker per node
     assert not set(below_server) & {pid for w in workers.values() for pid in w}
-    files = glob.glob(os.path.join(tempfile.gettempdir(), f"vllm-plphp-stats-{srv.proc.pid}-*.json"))
-    assert len(files) == 1
-    with open(files[0]) as f:
-        totals = json.load(f)["totals"]
-    now = counters(srv)
-    assert {k: float(totals[k]) for k in COUNTERS} == {k: now[k] for k in COUNTERS}
+    text = srv.metrics()
+    assert metric_value(text, "vllm:plphp_requests_pruned_total",
+                        {"model_name": "fixture", "engine": "0"}) == counters(srv)["requests_pruned"] > 0
 
 
 def test_pipeline_parallel_under_ray_is_refused(served, llava_path):

@@ -36,11 +36,7 @@ def commit_prunes(scheduler, events: dict) -> int:
 def stats_of(scheduler) -> EngineStats:
     stats = getattr(scheduler, "plphp_stats", None)
     if stats is None:
-        # the engine core's DP index (dense models run DP cores as independent
-        # engines whose data_parallel_rank is reset to 0)
-        parallel = scheduler.vllm_config.parallel_config
-        rank = getattr(parallel, "data_parallel_index", parallel.data_parallel_rank)
-        stats = scheduler.plphp_stats = EngineStats(dp_rank=rank)
+        stats = scheduler.plphp_stats = EngineStats(log_stats=scheduler.log_stats)
     return stats
 
 

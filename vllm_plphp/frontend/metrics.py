@@ -1,13 +1,16 @@
 """PLPHP metrics in vLLM's Prometheus namespace, on the server's `/metrics`.
 
 The counts arise in the engine cores (each scheduler applies its worker's
-prune events) but `/metrics` is served by the API server process. Each engine
-core writes its totals to its own small JSON file (atomically, on the steps
-that prune); a Prometheus collector registered in the API server sums them at
-scrape time, so a data-parallel server shows the sum over its cores. The file
-prefix is chosen where the engine's config is built and passed on through the
-environment (`PLPHP_STATS_FILE`), which the engine cores inherit
-(`vllm_plphp.engine.stats`).
+prune events) and travel to the front end on vLLM's own stats path, as part of
+each step's `SchedulerStats` (`vllm_plphp.engine.stats`). `PlphpStatLogger`
+is a vLLM stat logger, registered under the `vllm.stat_logger_plugins`
+entry-point group (setup.py), so `vllm serve` loads it as it loads any stat
+logger plugin (`vllm.LLM` with `disable_log_stats=False` too:
+`vllm_plphp.patches.v1_engine_llm_engine`). Every metric carries vLLM's labels
+`model_name` and `engine` (the engine core's data-parallel index), so a
+data-parallel server shows each core's counts and their sum. With several API
+servers vLLM serves prometheus_client's multiprocess values, where each API
+server's counters add what its own engine outputs carried.
 
 Metrics:
   vllm:plphp_requests_pruned_total     requests whose prefill was pruned
@@ -25,45 +28,56 @@ Metrics:
 
 from __future__ import annotations
 
-import os
+from vllm.v1.metrics.loggers import AggregateStatLoggerBase
 
-from vllm_plphp.engine.stats import BUCKETS, COUNTERS, ENV, read_totals, stats_path
+from vllm_plphp.engine.stats import BUCKETS, COUNTERS
+
+LABELS = ["model_name", "engine"]
 
 
-class PlphpCollector:
-    """Prometheus collector for the API server: sums the engine cores' stats files."""
+class PlphpStatLogger(AggregateStatLoggerBase):
+    """Adds each engine core's PLPHP counts (`SchedulerStats.plphp`) to the
+    `vllm:plphp_*` metrics. Engines without PLPHP register nothing."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, vllm_config, engine_indexes: list[int] | None = None):
+        from vllm_plphp.patches import plphp_selected
 
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+        self.on = plphp_selected(vllm_config)
+        self.model_name = vllm_config.model_config.served_model_name
+        self.engine_indexes = list(engine_indexes or [0])
+        self.families: dict[str, object] = {}  # metric name -> labelled Counter / Histogram
 
-        # the engine's files: its config was built in this process after the
-        # collector was registered (vllm_plphp.engine.stats.new_stats_path)
-        data = read_totals(os.environ.get(ENV) or self.path)
+    def log_engine_initialized(self) -> None:
+        """Creates the metrics, at zero for each engine. Not in __init__:
+        vLLM's own Prometheus logger, built after the custom ones, unregisters
+        every `vllm:` collector already in the registry."""
+        if not self.on or self.families:
+            return
+        from prometheus_client import Counter, Histogram
+
         for name in COUNTERS:
-            yield CounterMetricFamily(f"vllm:plphp_{name}", f"PLPHP {name.replace('_', ' ')}",
-                                      value=data["totals"].get(name, 0))
-        # data["buckets"][i] already counts every rate <= BUCKETS[i] (cumulative)
-        buckets = [(f"{bound:g}", count) for bound, count in zip(BUCKETS, data["buckets"])]
-        buckets.append(("+Inf", data["rate_count"]))
-        yield HistogramMetricFamily("vllm:plphp_layer_retention", "PLPHP retention rate r_l per (request, layer)",
-                                    buckets=buckets, sum_value=data["rate_sum"])
+            self.families[name] = Counter(f"vllm:plphp_{name}",
+                                          f"PLPHP {name.replace('_', ' ')}", LABELS)
+        self.families["rates"] = Histogram("vllm:plphp_layer_retention",
+                                           "PLPHP retention rate r_l per (request, layer)",
+                                           LABELS, buckets=BUCKETS)
+        for family in self.families.values():
+            for i in self.engine_indexes:
+                family.labels(self.model_name, str(i))
 
+    def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None,
+               engine_idx: int = 0) -> None:
+        counts = getattr(scheduler_stats, "plphp", None)
+        if not counts or not self.families:
+            return
+        labels = (self.model_name, str(engine_idx))
+        for name in COUNTERS:
+            if counts.get(name):
+                self.families[name].labels(*labels).inc(counts[name])
+        if counts.get("rates"):
+            retention = self.families["rates"].labels(*labels)
+            for rate in counts["rates"]:
+                retention.observe(rate)
 
-_collector_registered = False
-
-
-def register_collector() -> None:
-    """In the API server process: expose the engine's PLPHP stats on /metrics.
-    (With several API servers, e.g. data parallel, /metrics shows only
-    prometheus_client's multiprocess values; the engine cores then publish
-    the same metrics that way too: `vllm_plphp.engine.stats.PrometheusMirror`.)"""
-    global _collector_registered
-    if _collector_registered:
-        return
-    from prometheus_client import REGISTRY
-
-    REGISTRY.register(PlphpCollector(stats_path()))
-    _collector_registered = True
+    def log(self) -> None:  # the counts are on /metrics; nothing to print
+        pass

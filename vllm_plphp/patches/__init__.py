@@ -26,6 +26,8 @@ PATCH_MODULES = (
     "vllm_plphp.patches.v1_worker_gpu_model_runner_v2",
     "vllm_plphp.patches.v1_core_sched_scheduler",
     "vllm_plphp.patches.v1_core_kv_cache_manager",
+    "vllm_plphp.patches.v1_metrics_stats",
+    "vllm_plphp.patches.v1_engine_llm_engine",
 )
 
 
@@ -55,6 +57,10 @@ def revert_patches() -> None:
     for owner, attr, value in ORIGINALS.values():
         setattr(owner, attr, value)
     ORIGINALS.clear()
+    for name in PATCH_MODULES:  # patches that add rather than replace
+        revert = getattr(importlib.import_module(name), "revert", None)
+        if revert is not None:
+            revert()
 
 
 def plphp_selected(vllm_config) -> bool:

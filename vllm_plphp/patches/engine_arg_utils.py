@@ -8,8 +8,8 @@ caching included: vllm_plphp/engine/block_manager.py says what is shared;
 on CPU a 32-token KV block unless --block-size is given:
 vllm_plphp/frontend/defaults.py says why); when the attention backend is
 PLPHP, validate the `plphp` section and the
-unsupported features, clear vLLM's per-process backend choice (it does not
-see plphp.backend), and choose the engine's metrics file (`vllm_plphp.engine.stats.new_stats_path`).
+unsupported features, and clear vLLM's per-process backend choice (it does not
+see plphp.backend).
 vLLM versions checked: 0.32.0.
 Remove when: never as such; the checks would move to a config hook if vLLM
 offered one to attention backends.
@@ -17,7 +17,6 @@ offered one to attention backends.
 
 from vllm.engine.arg_utils import EngineArgs
 
-from vllm_plphp.engine.stats import new_stats_path
 from vllm_plphp.patches import original, patch, plphp_selected
 from vllm_plphp.frontend.validate import validate_engine_config
 from vllm_plphp.frontend.defaults import choose_block_size
@@ -44,12 +43,6 @@ def _create_engine_config(self, *args, **kwargs):
         from vllm.v1.attention.selector import _cached_get_attn_backend
 
         _cached_get_attn_backend.cache_clear()
-        parallel = vllm_config.parallel_config
-        if not (parallel._api_process_count > 1 and parallel._api_process_rank >= 0):
-            # this engine's metrics files, inherited by its engine cores; an API
-            # server of a scale-out (--api-server-count, data parallel) keeps the
-            # prefix the process that spawned the engine cores chose
-            new_stats_path()
     return vllm_config
 
 

@@ -1,5 +1,5 @@
-"""Target: vllm.v1.core.sched.scheduler.Scheduler.update_from_output and
-Scheduler._reserve_prefill_lookahead
+"""Target: vllm.v1.core.sched.scheduler.Scheduler.update_from_output,
+Scheduler._reserve_prefill_lookahead, .add_request, .schedule, .make_stats
 
 Why: after the worker prunes a request's layer, the tail blocks of that
 layer's block list must return to vLLM's block pool, so more requests fit and
@@ -28,6 +28,9 @@ recomputes the generated tokens over the pruned layers. Fresh requests
 managers read when they hash blocks; after vLLM's schedule, the requests whose
 prompt ends in the step get private copies of their region blocks, sent to the
 worker on the SchedulerOutput (`plphp_copies`).
+`make_stats`: the counts gathered since the last stats (`vllm_plphp.engine.stats`)
+ride on the step's SchedulerStats to the front end (field added by
+`v1_metrics_stats`); vLLM builds stats only when it logs them (`log_stats`).
 vLLM versions checked: 0.32.0 (synchronous and async scheduling).
 Remove when: vLLM has a worker-to-KV-cache-manager channel and lets a plugin
 end a prefill chunk and copy a request's blocks at a step of its choosing.
@@ -37,7 +40,8 @@ from vllm.v1.core.sched.scheduler import Scheduler
 
 from vllm_plphp.core.plan import first_vision_offset
 from vllm_plphp.engine.cache_copies import plan_copies, plan_request
-from vllm_plphp.engine.commit import apply_output, awaiting_first_token, check_first_tokens
+from vllm_plphp.engine.commit import (apply_output, awaiting_first_token, check_first_tokens,
+                                      stats_of)
 from vllm_plphp.patches import original, patch, plphp_selected
 from vllm_plphp.worker.outputs import read
 
@@ -87,8 +91,16 @@ def _schedule(self, *args, **kwargs):
     return output
 
 
+def _make_stats(self, *args, **kwargs):
+    stats = original(Scheduler, "make_stats")(self, *args, **kwargs)
+    if stats is not None and _on(self):
+        stats.plphp = stats_of(self).drain()
+    return stats
+
+
 def apply() -> None:
     patch(Scheduler, "add_request", _add_request)
     patch(Scheduler, "schedule", _schedule)
     patch(Scheduler, "update_from_output", _update_from_output)
     patch(Scheduler, "_reserve_prefill_lookahead", _reserve_prefill_lookahead)
+    patch(Scheduler, "make_stats", _make_stats)
