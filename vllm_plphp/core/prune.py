@@ -9,12 +9,13 @@ all must keep the same entries), then per target: the policy's choice of kept
 entries, compaction, and the commit of the layer's new length through the
 runner adapter (`adapter.block_ids` / `adapter.commit`).
 
-On CUDA (Triton importable, setting `kernels` not "torch"), PLPHP-policy
-layers take the batched path instead: one fused Triton call per layer for all
-of the step's targets (`vllm_plphp.gpu.ops.prune_layer_batched_`: scores,
-gamma_l, r_l, per-head top-K, in-place compaction on the device), with no host
-sync per layer; the kept lengths come back once per step (`commit_pending`).
-FastV / VTW, mixed GQA reductions and per_head=False use the torch path everywhere.
+PLPHP-policy layers take the batched path instead: all of the step's targets
+in one go per layer, with no host sync per layer; the kept lengths come back
+once per step (`commit_pending`). On CUDA (Triton importable, setting
+`kernels` not "torch", fp16/bf16/fp32 caches) that is one fused Triton call
+(`vllm_plphp.gpu.ops.prune_layer_batched_`); elsewhere the same in batched
+torch ops (`vllm_plphp.core.batched`). FastV / VTW, mixed GQA reductions and
+per_head=False use the per-request torch path (`_prune`) everywhere.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 
 import torch
 
-from vllm_plphp.core import compaction, kv_layout, scoring
+from vllm_plphp.core import batched, compaction, kv_layout, scoring
 from vllm_plphp.core.policies import LayerScores
 from vllm_plphp.core.worker import LayerRecord, PlphpWorker
 from vllm_plphp.log import logger
@@ -64,8 +65,9 @@ def prune_layer(worker: PlphpWorker, impl, layer, query: torch.Tensor, kv_cache:
     roles = _roles(worker, layer_position(layer.layer_name))
     if roles:
         _move_to_copies(worker, roles, worker.layer_to_group[layer.layer_name], kv_cache)
-        if _batched(worker, roles, kv_cache):
-            _prune_batched(worker, roles, impl, layer, query, kv_cache)
+        backend = _batched(worker, roles, kv_cache)
+        if backend:
+            _prune_batched(worker, roles, impl, layer, query, kv_cache, backend)
         else:
             _prune(worker, roles, impl, layer, query, kv_cache)
     worker.prune_seconds += time.perf_counter() - start
@@ -86,53 +88,73 @@ def _move_to_copies(worker: PlphpWorker, roles, gid: int, kv_cache: torch.Tensor
         kv_cache[dst] = kv_cache[old.to(device=kv_cache.device, dtype=torch.long)]
 
 
-def _batched(worker: PlphpWorker, roles, kv_cache: torch.Tensor) -> bool:
-    """The fused Triton path: CUDA (or worker.kernels == "triton"), PLPHP only,
-    fp16/bf16/fp32 caches (fp8 caches take the torch path)."""
-    if worker.kernels == "torch" or (worker.kernels is None and not kv_cache.is_cuda):
-        return False
-    if kv_cache.element_size() == 1:  # fp8 (stored as uint8 or float8)
-        return False
+def _batched(worker: PlphpWorker, roles, kv_cache: torch.Tensor) -> str | None:
+    """Which batched path the layer takes: "triton" (CUDA, or worker.kernels ==
+    "triton"; fp16/bf16/fp32 caches), "torch" (elsewhere, fp8 caches), or
+    None (the per-request path: not every target is a PLPHP layer that scores
+    and prunes with per-head rankings and one GQA reduction)."""
     if any(policy.name != "plphp" or not (score and prune) for _, policy, score, prune in roles):
-        return False
+        return None
     if len({t.config.gqa_reduce for t, *_ in roles}) != 1:
-        return False
+        return None
     if not all(t.config.per_head for t, *_ in roles):  # the shared-ranking ablation
-        return False
+        return None
+    if worker.kernels == "torch" or (worker.kernels is None and not kv_cache.is_cuda):
+        return "torch"
+    if kv_cache.element_size() == 1:  # fp8 (stored as uint8 or float8)
+        return "torch"
     from vllm_plphp.gpu import ops
 
-    return ops.use_triton(kv_cache, "triton" if worker.kernels == "triton" else None)
+    return "triton" if ops.use_triton(kv_cache, "triton" if worker.kernels == "triton" else None) else "torch"
 
 
-def _prune_batched(worker: PlphpWorker, roles, impl, layer, query, kv_cache) -> None:
+def _prune_batched(worker: PlphpWorker, roles, impl, layer, query, kv_cache, backend: str) -> None:
     from vllm_plphp.gpu import make_plan, ops
 
     step = worker.step
     targets = [t for t, *_ in roles]
-    k_cache, v_cache = cache_views(impl, layer, kv_cache)
-    if step.batch is None or step.batch[0] != [t.req_id for t in targets]:
-        device = k_cache.device
+    ids = [t.req_id for t in targets]
+    if step.batch is None or step.batch[0] != ids:
+        device = kv_cache.device
         plan = make_plan([t.images for t in targets], [t.prompt_len for t in targets],
                          [t.total_len for t in targets], device, configs=[t.config for t in targets])
         rows = torch.tensor([t.row for t in targets], device=device)
         queries = torch.tensor([t.query_index for t in targets], device=device)
-        step.batch = ([t.req_id for t in targets], plan, rows, queries)
-    _, plan, rows, query_rows = step.batch
+        step.batch = (ids, plan, rows, queries, {})
+    _, plan, rows, query_rows, layouts = step.batch
     gid = worker.layer_to_group[layer.layer_name]
     layer_idx = layer_position(layer.layer_name)
     tp = _tp_size()
-    result = ops.prune_layer_batched_(
-        query.index_select(0, query_rows), k_cache, v_cache,
-        worker.adapter.block_table(gid, rows), plan, impl.scale, targets[0].config.gqa_reduce,
-        num_heads_total=query.shape[1] * tp, all_reduce=_tp_all_reduce if tp > 1 else None,
-        backend="triton", return_keep=worker.keep_layer == layer_idx or worker.keep_all)
+    common = dict(num_heads_total=query.shape[1] * tp, all_reduce=_tp_all_reduce if tp > 1 else None,
+                  return_keep=worker.keep_layer == layer_idx or worker.keep_all)
+    queries = query.index_select(0, query_rows)
+    table = worker.adapter.block_table(gid, rows)
+    reduce = targets[0].config.gqa_reduce
+    if backend == "torch":
+        if impl.kv_layout == "cpu" and layer.isa not in kv_layout.CPU_ISAS:
+            kv_layout.cpu_views(kv_cache, layer.isa)  # refuses the ISA
+        shape = (kv_cache.shape[2], kv_cache.shape[1])  # block size, KV heads
+        layout = layouts.get(shape)
+        if layout is None:
+            layout = layouts[shape] = batched.make_layout(plan, *shape)
+        kv_cache_dtype = getattr(impl, "kv_cache_dtype", "auto")
+        k_scale = layer._k_scale_float if kv_cache_dtype in kv_layout.FP8_DTYPES else 1.0
+        result = batched.prune_layer_(queries, kv_cache, impl.kv_layout, table, plan, layout,
+                                      impl.scale, reduce, kv_cache_dtype=kv_cache_dtype,
+                                      k_scale=k_scale, **common)
+    else:
+        k_cache, v_cache = cache_views(impl, layer, kv_cache)
+        result = ops.prune_layer_batched_(queries, k_cache, v_cache, table, plan, impl.scale,
+                                          reduce, backend="triton", **common)
     step.pending.append((gid, layer_idx, targets, result))
 
 
 def commit_pending(worker: PlphpWorker, step) -> None:
-    """The batched path's commits for the whole step: one device->host copy."""
+    """The batched path's commits for the whole step: one device->host copy
+    (its time counts in `worker.prune_seconds`)."""
     if not step.pending:
         return
+    start = time.perf_counter()
     pending, step.pending = step.pending, []
     lengths = torch.stack([r.lengths.to(torch.int64) for *_, r in pending]).cpu().tolist()
     gammas = torch.stack([r.gammas.to(torch.float64) for *_, r in pending]).cpu().tolist()
@@ -145,6 +167,7 @@ def commit_pending(worker: PlphpWorker, step) -> None:
             _record(worker, target, layer_idx, kept, rates[i][b], gammas[i][b], keep)
     for target in pending[-1][2]:
         _log_request(worker, target)
+    worker.prune_seconds += time.perf_counter() - start
 
 
 def _commit(worker: PlphpWorker, gid: int, target, kept: int) -> None:

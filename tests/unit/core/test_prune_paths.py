@@ -1,5 +1,6 @@
-"""The two pruning paths of `vllm_plphp.core.prune` on the same inputs: the
-torch path (CPU; FastV/VTW everywhere) and the batched Triton path (CUDA),
+"""The two batched pruning paths of `vllm_plphp.core.prune` on the same
+inputs: the torch path (`vllm_plphp.core.batched`, CPU) and the fused Triton
+path (CUDA),
 here run on CPU in Triton's interpreter. Both must commit the same kept
 lengths and rates and leave the same kept entries in every head, and neither
 may touch blocks outside the pruned requests. Fake runner adapter (the seam:
@@ -60,9 +61,8 @@ def run(kernels: str, seed: int = 0):
             dict(alpha=0.03, beta=0.01), dict(alpha=0.9, beta=0.8), dict(alpha=0.9, beta=0.0)])]
     impl = SimpleNamespace(scale=64 ** -0.5, head_size=64, kv_layout="split")
     prune.prune_layer(worker, impl, SimpleNamespace(layer_name=LAYER), query, kv)
-    # the batched path defers its commits to the end of the step (one host sync)
-    assert len(step.pending) == (1 if kernels == "triton" else 0)
-    assert (not worker.adapter.commits) == (kernels == "triton")
+    # both batched paths defer their commits to the end of the step (one host sync)
+    assert len(step.pending) == 1 and not worker.adapter.commits
     worker.end_step()
     kept = {req: v for (_, req), v in worker.adapter.commits.items()}
     records = {req: (rec[3].kept, rec[3].rate) for req, rec in worker.records.items()}

@@ -1,0 +1,125 @@
+"""The batched torch path (`vllm_plphp.core.batched`, what PLPHP layers run on
+CPU) against the per-request torch path (`prune._prune`, the oracle FastV /
+VTW still take) on the same inputs: same kept lengths, rates and gammas, the
+same kept entries in every head, blocks of other requests untouched. Both
+KV layouts (CPU_ATTN's tiles, FLASH_ATTN / TRITON_ATTN's split entries),
+requests of different lengths and image counts in one step, all three layer
+categories. No engine; a fake runner adapter (the seam)."""
+
+import copy
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vllm_plphp.config import PlphpConfig
+from vllm_plphp.core import batched, kv_layout, prune
+from vllm_plphp.core.plan import PruneTarget
+from vllm_plphp.core.worker import PlphpWorker
+
+LAYER = "model.layers.3.self_attn.attn"
+HEADS, KV_HEADS, HEAD, BLOCK = 8, 2, 16, 8
+
+
+class FakeAdapter:
+    def __init__(self, table, totals):
+        self.table, self.totals = table, totals
+        self.commits = {}
+
+    def block_ids(self, gid, target):
+        return self.table[target.row, : -(-self.totals[target.row] // BLOCK)].long()
+
+    def block_table(self, gid, rows):
+        return self.table.index_select(0, rows)
+
+    def commit(self, gid, target, kept):
+        self.commits[target.req_id] = kept
+
+
+def make_step(seed, layout, extra):
+    gen = torch.Generator().manual_seed(seed)
+    plens = [70, 45, 96]
+    images = [[torch.arange(3, 30), torch.arange(33, 60)], [torch.arange(5, 40)],
+              [torch.arange(2, 20), torch.arange(22, 50), torch.arange(51, 90)]]
+    totals = [p + extra for p in plens]
+    nblk = [-(-t // BLOCK) for t in totals]
+    num_blocks = sum(nblk) + 4
+    perm = torch.randperm(num_blocks, generator=gen)
+    table = torch.zeros(3, max(nblk) + 2, dtype=torch.int32)  # zero padding, as V1 has
+    o = 0
+    for b, n in enumerate(nblk):
+        table[b, :n] = perm[o: o + n]
+        o += n
+    kv = torch.randn(num_blocks, KV_HEADS, BLOCK, 2 * HEAD, generator=gen)
+    query = torch.randn(sum(totals), HEADS, HEAD, generator=gen) * 3
+    starts = [sum(totals[:i]) for i in range(3)]
+    thresholds = [dict(alpha=0.0, beta=0.0), dict(alpha=1.0, beta=1.0), dict(alpha=1.0, beta=0.0)]
+    targets = [PruneTarget(row=b, slot=b, req_id=f"r{b}", query_index=starts[b] + plens[b] - 1,
+                           prompt_len=plens[b], total_len=totals[b], images=images[b],
+                           config=PlphpConfig(r=0.3, **thresholds[b])) for b in range(3)]
+    return kv, table, totals, query, targets
+
+
+def run(batched_path: bool, layout: str, seed: int, extra: int):
+    kv, table, totals, query, targets = make_step(seed, layout, extra)
+    prune._tp_size = lambda: 1
+    config = SimpleNamespace(additional_config={}, model_config=SimpleNamespace(
+        hf_text_config=SimpleNamespace(num_hidden_layers=8)))
+    worker = PlphpWorker(config)
+    worker.layer_to_group = {LAYER: 3}
+    worker.adapter = FakeAdapter(table, totals)
+    worker.keep_layer = 3
+    step = worker.begin_step()
+    step.targets = copy.deepcopy(targets)
+    impl = SimpleNamespace(scale=HEAD ** -0.5, head_size=HEAD, kv_layout=layout)
+    layer = SimpleNamespace(layer_name=LAYER, isa="vec")
+    if batched_path:
+        prune.prune_layer(worker, impl, layer, query, kv)
+        assert len(step.pending) == 1 and not worker.adapter.commits  # committed at step end
+    else:
+        prune._prune(worker, prune._roles(worker, 3), impl, layer, query, kv)
+    worker.end_step()
+    k, v = (kv_layout.cpu_views(kv, "vec") if layout == "cpu" else kv_layout.split_views(kv, HEAD))
+    entries, used = {}, set()
+    for b, target in enumerate(targets):
+        blocks = worker.adapter.block_ids(3, target)
+        used |= set(blocks.tolist())
+        n = worker.adapter.commits[target.req_id]
+        entries[b] = [c[blocks].transpose(0, 1).reshape(KV_HEADS, -1, HEAD)[:, :n] for c in (k, v)]
+    others = [i for i in range(kv.shape[0]) if i not in used]
+    records = {req: rec[3] for req, rec in worker.records.items()}
+    return worker.adapter.commits, records, entries, kv[others], worker.keep_maps
+
+
+@pytest.mark.parametrize("layout", ["cpu", "split"])
+@pytest.mark.parametrize("seed,extra", [(0, 0), (1, 3)])
+def test_batched_equals_per_request(layout, seed, extra):
+    oracle = run(False, layout, seed, extra)
+    ours = run(True, layout, seed, extra)
+    assert ours[0] == oracle[0]
+    assert {r: rec.rate for r, rec in ours[1].items()} == {r: rec.rate for r, rec in oracle[1].items()}
+    assert sorted(rec.rate for rec in ours[1].values()) == [0.0, 0.3, 0.6]  # I, B, A
+    for req, rec in ours[1].items():
+        assert math.isclose(rec.gamma, oracle[1][req].gamma, rel_tol=1e-5)
+        assert (rec.kept, rec.vision_kept) == (oracle[1][req].kept, oracle[1][req].vision_kept)
+    for b in range(3):
+        for a, c in zip(ours[2][b], oracle[2][b]):
+            torch.testing.assert_close(a, c, rtol=0, atol=0)
+    torch.testing.assert_close(ours[3], oracle[3], rtol=0, atol=0)
+    assert ours[4] == oracle[4]  # inspection's keep maps
+
+
+def test_ties_go_to_the_lower_position():
+    """Equal scores within an image: the earliest positions are kept (the HF
+    reference's and the Triton kernel's rule)."""
+    scores = torch.zeros(1, 2, 16)
+    scores[0, 1, 12] = 1.0
+    images = [[torch.arange(2, 14)]]
+    from vllm_plphp.gpu import make_plan
+
+    plan = make_plan(images, [16], [16], "cpu", configs=[PlphpConfig(r=0.25, delta_r=0.0)])
+    layout = batched.make_layout(plan, 4, 2)
+    src = batched.kept_sources(scores, layout, torch.tensor([[3]]))
+    assert src[0, 0, :7].tolist() == [0, 1, 2, 3, 4, 14, 15]
+    assert src[0, 1, :7].tolist() == [0, 1, 2, 3, 12, 14, 15]
