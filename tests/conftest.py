@@ -92,7 +92,12 @@ def qwen2_vl_path() -> str:
 def make_inprocess_llm(path: str, backend: str | None = None, plphp: dict | None = None, **kw):
     """An LLM whose engine core (scheduler, block pool) lives in this process,
     so tests can read the block pool. The worker runs in its own process ("mp"
-    executor) unless `distributed_executor_backend="uni"` puts it here too."""
+    executor) unless `distributed_executor_backend="uni"` puts it here too.
+    Also what the equivalence modules use: on CPU vLLM starts its processes
+    with "spawn", and each start imports vLLM and torch again (10-25 s on
+    these machines); the engine-core process path (msgspec, the plugin
+    loaded in a fresh process) is run by the serve, data-parallel, video,
+    run-batch and example tests."""
     old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     kw.setdefault("distributed_executor_backend", "mp")

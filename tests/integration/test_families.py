@@ -18,7 +18,7 @@ LLaVA and Qwen2-VL: tests/integration/test_plphp_matches_reference.py.
 
 import pytest
 
-from tests.conftest import MAX_TOKENS, greedy, make_llm, token_ids
+from tests.conftest import MAX_TOKENS, greedy, make_inprocess_llm, token_ids
 from vllm_plphp.config import PlphpConfig
 from plphp_dev.fixtures.videos import av_inputs, get_av_prompt
 
@@ -46,7 +46,7 @@ class FamilyRun:
         limits = {"image": 2}
         if any("video" in items for items in self.cases):
             limits["video"] = 1
-        self.llm = make_llm(path, "plphp", limit_mm_per_prompt=limits)
+        self.llm = make_inprocess_llm(path, "plphp", limit_mm_per_prompt=limits)
         outs = self.llm.generate([av_inputs(name, items, 2) for items in self.cases], greedy())
         self.tokens = token_ids(outs)
         rpc = self.llm.collective_rpc("plphp_records", args=([o.request_id for o in outs],))[0]

@@ -8,7 +8,7 @@ fp8_e4m3), one reference model for the module.
 
 import pytest
 
-from tests.conftest import MAX_TOKENS, fp8_cpu_cache, greedy, make_llm, token_ids
+from tests.conftest import MAX_TOKENS, fp8_cpu_cache, greedy, make_inprocess_llm, token_ids
 from plphp_dev.fixtures.prompts import get_prompt, prompt_inputs
 
 CASES = [(1, 0), (2, 3), (0, 0)]  # (num_images, seed)
@@ -23,7 +23,7 @@ def ref(llava_path):
 
 @pytest.fixture(scope="module", params=["fp8", "fp8_e5m2"])
 def engine(request, llava_path):
-    llm = make_llm(llava_path, "plphp", kv_cache_dtype=request.param)
+    llm = make_inprocess_llm(llava_path, "plphp", kv_cache_dtype=request.param)
     yield request.param, llm
     llm.llm_engine.engine_core.shutdown()
 

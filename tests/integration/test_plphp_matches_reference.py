@@ -1,12 +1,16 @@
 """Core PLPHP on the real engine vs the HF reference (and vs stock vLLM).
 
 Per model family (LLaVA: Llama RoPE; Qwen2-VL: M-RoPE), one stock engine,
-one PLPHP engine and one HF reference are started for the whole module.
+one PLPHP engine and one HF reference are started for the whole module. In
+the second pass (GPU defaults, compiled) "stock" is the HF reference without
+pruning instead of a second compiled engine (minutes of CPU each): the first
+pass holds PLPHP at r=1 to stock vLLM itself, and this module holds the
+compiled PLPHP engine to the same reference token for token.
 """
 
 import pytest
 
-from tests.conftest import EAGER, MAX_TOKENS, greedy, make_llm, token_ids
+from tests.conftest import EAGER, MAX_TOKENS, greedy, make_inprocess_llm, token_ids
 from tests.support import gpu_defaults
 from vllm_plphp.core import scoring
 from vllm_plphp.config import PlphpConfig
@@ -21,14 +25,17 @@ class Family:
     def __init__(self, name, path):
         self.name = name
         self.prompts = [prompt_inputs(name, n, seed) for n, seed in CASES]
-        self.stock_llm = make_llm(path)
-        self.stock = token_ids(self.stock_llm.generate(self.prompts, greedy()))
-        self.stock_llm.llm_engine.engine_core.shutdown()
-        self.llm = make_llm(path, "plphp")
         from plphp_dev.reference import ReferenceModel
 
         self.ref = ReferenceModel(path)
         self._ref_cache = {}
+        if gpu_defaults.enabled():
+            self.stock = [self.reference(case, None)[0] for case in range(len(CASES))]
+        else:
+            stock_llm = make_inprocess_llm(path)
+            self.stock = token_ids(stock_llm.generate(self.prompts, greedy()))
+            stock_llm.llm_engine.engine_core.shutdown()
+        self.llm = make_inprocess_llm(path, "plphp")
 
     def reference(self, case: int, config: PlphpConfig | None):
         key = (case, config)

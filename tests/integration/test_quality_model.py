@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from plphp_dev.quality import MODEL_DIR
-from tests.conftest import make_llm
+from tests.conftest import make_inprocess_llm
 from vllm_plphp.config import PlphpConfig
 
 MODEL = MODEL_DIR
@@ -41,10 +41,10 @@ class Runs:
         self.examples = make_examples("test", N_PER_TASK, 0)
         self.inputs = [vllm_inputs(ex) for ex in self.examples]
         kw = dict(max_model_len=1024, limit_mm_per_prompt={"image": 3})
-        stock = make_llm(str(MODEL), **kw)
+        stock = make_inprocess_llm(str(MODEL), **kw)
         self.stock = stock.generate(self.inputs, _params(None), use_tqdm=False)
         stock.llm_engine.engine_core.shutdown()
-        self.llm = make_llm(str(MODEL), "plphp", **kw)
+        self.llm = make_inprocess_llm(str(MODEL), "plphp", **kw)
 
     def run(self, override):
         outs = self.llm.generate(self.inputs, _params(override), use_tqdm=False)
