@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from vllm_plphp.core import kv_layout
@@ -116,6 +117,29 @@ def make_layout(plan, block_size: int, num_kv_heads: int) -> DenseLayout:
         block_size=block_size)
 
 
+def _bytes(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a CPU tensor's bytes (any dtype; last dim contiguous)."""
+    return t.view(torch.uint8).numpy()
+
+
+def take_blocks(cache: torch.Tensor, ids: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[i] = cache[ids[i]] (whole blocks). On CPU through numpy, whose row
+    copies are memcpys (torch's index_select / index_copy_ are several times
+    slower there)."""
+    if cache.device.type != "cpu":
+        return torch.index_select(cache, 0, ids, out=out)
+    np.take(_bytes(cache), ids.numpy(), axis=0, out=_bytes(out), mode="clip")
+    return out
+
+
+def put_blocks(cache: torch.Tensor, ids: torch.Tensor, blocks: torch.Tensor) -> None:
+    """cache[ids[i]] = blocks[i] (whole blocks, distinct ids)."""
+    if cache.device.type != "cpu":
+        cache.index_copy_(0, ids, blocks)
+    else:
+        _bytes(cache)[ids.numpy()] = _bytes(blocks)
+
+
 def _rows(dense: torch.Tensor, src: torch.Tensor, layout: DenseLayout, name: str) -> torch.Tensor:
     """dense (B, Hkv, S, E) contiguous, src (B, Hkv, Sw) -> (B, Hkv, Sw, E):
     slot i of head (b, h) takes dense[b, h, src[b, h, i]] (one row gather)."""
@@ -137,7 +161,7 @@ class CpuTiles:
         whole = kv_cache.stride(1) == bs * two_d and kv_cache.stride(0) == hkv * bs * two_d
         self.kv = kv_cache.view(nb, -1) if whole else kv_cache.view(nb, hkv, -1)
         self.tiles = layout.buffer("tiles", (batch * m, *self.kv.shape[1:]), kv_cache.dtype, kv_cache.device)
-        torch.index_select(self.kv, 0, ids, out=self.tiles)
+        take_blocks(self.kv, ids, self.tiles)
         # keys D-major (B, Hkv, D, S), for the scores and the key moves
         self.keys_t = layout.buffer("keys", (batch, hkv, d, m * bs), kv_cache.dtype, kv_cache.device)
         self.keys_t.view(batch, hkv, d, m, bs).copy_(self._tiles(0).permute(0, 2, 3, 1, 4))
@@ -169,7 +193,7 @@ class CpuTiles:
         self._tiles(1)[:, :mw].copy_(values.view(batch, mw, hkv, bs, d))
         rows = self.tiles[: layout.prefix] if layout.prefix is not None \
             else self.tiles.index_select(0, layout.write_m)
-        self.kv.index_copy_(0, ids, rows)
+        put_blocks(self.kv, ids, rows.contiguous())
 
 
 class SplitEntries:
@@ -180,7 +204,8 @@ class SplitEntries:
         _, hkv, bs, two_d = kv_cache.shape
         self.d = two_d // 2
         batch, m = layout.cols.shape
-        blocks = kv_cache.index_select(0, ids).view(batch, m, hkv, bs, two_d)
+        blocks = layout.buffer("blocks", (ids.numel(), hkv, bs, two_d), kv_cache.dtype, kv_cache.device)
+        blocks = take_blocks(kv_cache, ids, blocks).view(batch, m, hkv, bs, two_d)
         self.entries = layout.buffer("entries", (batch, hkv, m * bs, two_d), kv_cache.dtype, kv_cache.device)
         self.entries.view(batch, hkv, m, bs, two_d).copy_(blocks.transpose(1, 2))
 
@@ -194,7 +219,7 @@ class SplitEntries:
         blocks = new.transpose(1, 2).reshape(batch * mw, hkv, bs, two_d)
         if layout.write_mw.numel() != batch * mw:
             blocks = blocks.index_select(0, layout.write_mw)
-        self.kv.index_copy_(0, ids, blocks)
+        put_blocks(self.kv, ids, blocks.contiguous())
 
 
 def scores_and_gamma(queries, keys, layout: DenseLayout, scale: float, reduce: str):
