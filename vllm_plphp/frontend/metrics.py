@@ -55,6 +55,8 @@ class PlphpStatLogger(AggregateStatLoggerBase):
             return
         from prometheus_client import Counter, Histogram
 
+        _unregister_ours()  # an earlier engine's, in this process
+
         for name in COUNTERS:
             self.families[name] = Counter(f"vllm:plphp_{name}",
                                           f"PLPHP {name.replace('_', ' ')}", LABELS)
@@ -81,3 +83,14 @@ class PlphpStatLogger(AggregateStatLoggerBase):
 
     def log(self) -> None:  # the counts are on /metrics; nothing to print
         pass
+
+
+def _unregister_ours() -> None:
+    """Drop `vllm:plphp_*` collectors an earlier engine of this process
+    registered (vLLM's own logger does the same for every `vllm:` metric)."""
+    from prometheus_client import REGISTRY
+
+    for collector in list(REGISTRY._collector_to_names):
+        if getattr(collector, "_name", "").startswith("vllm:plphp_"):
+            REGISTRY.unregister(collector)
+

@@ -87,6 +87,7 @@ def test_stat_logger_adds_each_engines_counts_with_vllms_labels(registry):
     from vllm_plphp.frontend.metrics import PlphpStatLogger
 
     vllm_plphp.register()
+    PlphpStatLogger(config(), engine_indexes=[0]).log_engine_initialized()  # an earlier engine's
     logger = PlphpStatLogger(config(), engine_indexes=[0, 1])
     logger.log_engine_initialized()
     text = registry()
