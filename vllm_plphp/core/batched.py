@@ -5,7 +5,7 @@ No Python loop over requests, heads or images and no host sync: the kept
 lengths, gamma_l and r_l stay tensors until the step's one commit
 (`vllm_plphp.core.prune.commit_pending`). Per layer:
 
-1. one `index_select` of every target's blocks (whole blocks), laid out per
+1. one gather of every target's whole blocks (`take_blocks`), laid out per
    KV head as dense sequences over S = M * block_size slots (`CpuTiles`,
    `SplitEntries`: the two cache layouts of `vllm_plphp.core.kv_layout`);
 2. scores: q.k over the dense keys, -inf past each prompt, softmax; KV-head
@@ -17,7 +17,7 @@ lengths, gamma_l and r_l stay tensors until the step's one commit
    kernel);
 5. compaction: slot i < L_b takes the i-th kept position, slots >= L_b keep
    their entry (row gathers of the dense sequences); the blocks that hold
-   kept entries go back with one `index_copy_` (the others are freed).
+   kept entries go back in one write (`put_blocks`; the others are freed).
 
 Shapes: B targets, H query heads (this rank), Hkv KV heads, G = H / Hkv,
 D head size, bs block size, M blocks per target (the longest target's),
@@ -27,6 +27,7 @@ S = M * bs, Mw <= M blocks written back, Sw = Mw * bs, J images per target
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -253,6 +254,24 @@ def kept_sources(scores, layout: DenseLayout, kept: torch.Tensor) -> torch.Tenso
     src = layout.slots.expand(batch, hkv, s + 1).clone()
     src.scatter_(2, dst, layout.slots.expand(batch, hkv, s + 1))
     return src
+
+
+@contextlib.contextmanager
+def one_thread(kv_cache: torch.Tensor):
+    """CPU: run the layer's pruning ops on this thread alone. They are a few
+    MB of copies and small ops; an OpenMP fork/join per op costs more than
+    it saves, and many times more while another process holds a core (vLLM
+    replaces `torch.set_num_threads` after binding its threads, so the
+    builtin is called; the thread count is restored)."""
+    threads = torch.get_num_threads()
+    if kv_cache.device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch._C.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch._C.set_num_threads(threads)
 
 
 def prune_layer_(queries, kv_cache, kv_layout_name: str, block_table, plan,

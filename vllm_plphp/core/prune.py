@@ -20,7 +20,6 @@ per_head=False use the per-request torch path (`_prune`) everywhere.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import time
@@ -140,7 +139,7 @@ def _prune_batched(worker: PlphpWorker, roles, impl, layer, query, kv_cache, bac
             layout = layouts[shape] = batched.make_layout(plan, *shape)
         kv_cache_dtype = getattr(impl, "kv_cache_dtype", "auto")
         k_scale = layer._k_scale_float if kv_cache_dtype in kv_layout.FP8_DTYPES else 1.0
-        with _one_thread(kv_cache):
+        with batched.one_thread(kv_cache):
             result = batched.prune_layer_(queries, kv_cache, impl.kv_layout, table, plan, layout,
                                           impl.scale, reduce, kv_cache_dtype=kv_cache_dtype,
                                           k_scale=k_scale, **common)
@@ -149,24 +148,6 @@ def _prune_batched(worker: PlphpWorker, roles, impl, layer, query, kv_cache, bac
         result = ops.prune_layer_batched_(queries, k_cache, v_cache, table, plan, impl.scale,
                                           reduce, backend="triton", **common)
     step.pending.append((gid, layer_idx, targets, result))
-
-
-@contextlib.contextmanager
-def _one_thread(kv_cache: torch.Tensor):
-    """CPU: run the layer's pruning ops on this thread alone. They are a few
-    MB of copies and small ops; an OpenMP fork/join per op costs more than
-    it saves, and many times more while another process holds a core (vLLM
-    replaces `torch.set_num_threads` after binding its threads, so the
-    builtin is called; the thread count is restored)."""
-    threads = torch.get_num_threads()
-    if kv_cache.device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch._C.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch._C.set_num_threads(threads)
 
 
 def commit_pending(worker: PlphpWorker, step) -> None:
