@@ -7,6 +7,12 @@ share of prefill-step time spent scoring + compacting (offline engine).
   .venv/bin/python benchmarks/serve_capacity.py            # r in 0.3 0.4 0.5
   .venv/bin/python benchmarks/serve_capacity.py --quick    # smaller workload
   .venv/bin/python benchmarks/serve_capacity.py --quick --block-sizes 32,64,128
+  .venv/bin/python benchmarks/serve_capacity.py --shape 8img --kv-mib 512 --requests 8 --max-tokens 32
+
+`--shape 4img|8img` (`benchmarks/shapes.py`: 2304 / 4608 vision tokens per
+prompt): that prompt shape, stock and PLPHP r=0.4 (paper thresholds and
+balanced), then the prune share of the pruning prefill steps at that shape
+(`prune_share.py`, 3 samples).
 
 `--block-sizes` sweeps the KV block size (stock and PLPHP at each) and adds,
 per PLPHP row, the ideal retained fraction (what KV per request would be if
@@ -26,12 +32,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tests.server import Server, metric_value  # noqa: E402
 from plphp_dev.fixtures import build_fixture  # noqa: E402
@@ -59,9 +67,12 @@ class Sampler(threading.Thread):
             time.sleep(self.period)
 
 
-async def one_request(client, i: int, max_tokens: int) -> tuple[int, int]:
+async def one_request(client, i: int, max_tokens: int, shape: str | None) -> tuple[int, int]:
+    import shapes
+
+    messages = shapes.messages(shape, 100 + i) if shape else chat_messages("llava", 1, seed=100 + i)
     stream = await client.chat.completions.create(
-        model="fixture", messages=chat_messages("llava", 1, seed=100 + i),
+        model="fixture", messages=messages,
         max_tokens=max_tokens, temperature=0, stream=True,
         extra_body={"ignore_eos": True}, stream_options={"include_usage": True},
     )
@@ -72,12 +83,12 @@ async def one_request(client, i: int, max_tokens: int) -> tuple[int, int]:
     return tokens, prompt
 
 
-async def workload(url: str, n: int, max_tokens: int) -> tuple[int, int]:
+async def workload(url: str, n: int, max_tokens: int, shape: str | None = None) -> tuple[int, int]:
     """Output tokens of all requests, prompt tokens of the last."""
     from openai import AsyncOpenAI
 
     async with AsyncOpenAI(base_url=url + "/v1", api_key="EMPTY", max_retries=0, timeout=1800) as client:
-        done = await asyncio.gather(*(one_request(client, i, max_tokens) for i in range(n)))
+        done = await asyncio.gather(*(one_request(client, i, max_tokens, shape) for i in range(n)))
     return sum(t for t, _ in done), done[-1][1]
 
 
@@ -107,13 +118,19 @@ def run_server(model: str, plphp: dict | None, args, block: str) -> dict:
              "--max-num-batched-tokens", "8192"]
     if block != "default":
         extra += ["--block-size", block]
+    if args.shape:
+        import shapes
+
+        shape = shapes.SHAPES[args.shape]
+        extra += ["--max-model-len", str(shape.max_model_len), "--max-num-batched-tokens",
+                  str(max(8192, shape.max_model_len)), "--limit-mm-per-prompt", json.dumps(shape.limit_mm)]
     srv = Server(model, *extra, plphp=plphp, kv_bytes=args.kv_mib << 20, timeout=900, eager=args.eager)
     try:
-        asyncio.run(workload(srv.url, 1, 2))  # warm-up
+        asyncio.run(workload(srv.url, 1, 2, args.shape))  # warm-up
         sampler = Sampler(srv)
         sampler.start()
         start = time.perf_counter()
-        tokens, prompt = asyncio.run(workload(srv.url, args.requests, args.max_tokens))
+        tokens, prompt = asyncio.run(workload(srv.url, args.requests, args.max_tokens, args.shape))
         elapsed = time.perf_counter() - start
         sampler.stop = True
         sampler.join()
@@ -200,17 +217,23 @@ def main():
     ap.add_argument("--eager", action="store_true",
                     help="--enforce-eager (shorter starts: a sweep starts 3 servers per block size)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--shape", help="4img or 8img: that prompt shape (see above)")
     args = ap.parse_args()
     if args.quick:
         args.requests, args.max_tokens, args.rates = 12, 32, "0.4"
-    model = build_fixture("llava", args.variant)
+    if args.shape:
+        import shapes
+
+        args.rates, model = "0.4", shapes.model(args.shape)
+    else:
+        model = build_fixture("llava", args.variant)
     configs = [("stock", None)]
     for r in (float(x) for x in args.rates.split(",")):
         configs.append((f"plphp r={r}", {"r": r}))
         configs.append((f"plphp r={r} balanced", {"r": r, "alpha": 1.0, "beta": 0.0}))
     # keeps everything: what the plugin itself costs (per-layer KV groups, scoring)
     blocks = (args.block_sizes or args.block_size).split(",")
-    if not args.block_sizes:
+    if not args.block_sizes and not args.shape:
         configs.append(("plphp r=1 (no pruning)", {"r": 1.0, "delta_r": 0.0}))
     sweep = {}
     for block in blocks:
@@ -229,17 +252,25 @@ def main():
         if args.json:
             Path(args.json).write_text(json.dumps({"sweep": sweep}, indent=2))
         return
-    overhead = prune_overhead(model, 0.4)
+    if args.shape:
+        import prune_share
+
+        rows = prune_share.measure(args.shape, 3, 1, args.eager)
+        overhead = statistics.median(r["share"] for r in rows)
+        spread = f" (min {min(r['share'] for r in rows):.2%}, max {max(r['share'] for r in rows):.2%}, n=3)"
+    else:
+        overhead, spread = prune_overhead(model, 0.4), ""
     base = results["stock"]
-    print(f"\nllava-{args.variant}, KV budget {args.kv_mib} MiB, block {blocks[0]}, "
-          f"{args.requests} concurrent 1-image requests x {args.max_tokens} tokens (streaming)")
+    what = f"{args.shape} requests" if args.shape else "1-image requests"
+    print(f"\n{args.shape and 'bench' or 'llava-' + args.variant}, KV budget {args.kv_mib} MiB, block {blocks[0]}, "
+          f"{args.requests} concurrent {what} x {args.max_tokens} tokens (streaming)")
     print(f"{'config':26s} {'KV/req MiB':>10s} {'ratio':>6s} {'peak run':>8s} {'ratio':>6s} "
           f"{'tok/s':>7s} {'ratio':>6s}")
     for name, r in results.items():
         print(f"{name:26s} {r['kv_per_req']:10.2f} {r['kv_per_req'] / base['kv_per_req']:6.2f} "
               f"{r['peak_running']:8.0f} {r['peak_running'] / base['peak_running']:6.2f} "
               f"{r['tok_s']:7.1f} {r['tok_s'] / base['tok_s']:6.2f}")
-    print(f"\nscoring + compaction share of pruning prefill steps (r=0.4): {overhead:.2%}")
+    print(f"\nscoring + compaction share of pruning prefill steps (r=0.4): {overhead:.2%}{spread}")
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "prune_overhead": overhead}, indent=2))
 
