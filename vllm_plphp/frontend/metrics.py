@@ -81,9 +81,6 @@ class PlphpStatLogger(AggregateStatLoggerBase):
             for rate in counts["rates"]:
                 retention.observe(rate)
 
-    def log(self) -> None:  # the counts are on /metrics; nothing to print
-        pass
-
 
 def _unregister_ours() -> None:
     """Drop `vllm:plphp_*` collectors an earlier engine of this process
