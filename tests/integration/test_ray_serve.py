@@ -131,7 +131,7 @@ def test_engine_core_is_local_and_workers_are_ray_actors(served, workload):
     srv, local = served
     below_server = descendants(srv.proc.pid)
     cores = [pid for pid, title in below_server.items() if "EngineCore" in title]
-    assert len(cores) == 1
+    assert len(cores) == 1, below_server  # pid: name and command line of each
     workers = {}
     for node in [local.head_node, *local.worker_nodes]:
         raylet = node.all_processes["raylet"][0].process.pid

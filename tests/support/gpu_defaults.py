@@ -21,12 +21,19 @@ has a CPU backend and vLLM's CPU platform allows async scheduling.
 
 `enable()` must run before anything imports `vllm.triton_utils`, in every
 process that builds a config or a model runner: `PLPHP_GPU_DEFAULTS=1` with
-`tests/support/site` on PYTHONPATH does it at interpreter start in every
-process (scripts/test.sh, second pass; `enabled()` tells tests).
+`tests/support/site` on PYTHONPATH does it in every process
+(scripts/test.sh, second pass; `enabled()` tells tests), through
+`enable_on_import()`: right after the `vllm` package itself has executed,
+before it imports anything else of vLLM. Processes that never import vLLM pay
+nothing: Inductor checks each CPU vector ISA by starting a child Python per
+ISA, six per compiled engine process, and enabling at interpreter start made
+each of them import vLLM (about 56 s per compiled engine start here).
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
 import sys
 
@@ -40,7 +47,8 @@ class _ActiveDriver:
 
 
 def enabled() -> bool:
-    return _enabled
+    """Applied in this process, or to be applied when vLLM is imported."""
+    return _enabled or any(isinstance(f, _OnVllmImport) for f in sys.meta_path)
 
 
 def enable() -> None:
@@ -77,3 +85,36 @@ def enable() -> None:
 
     triton_attn_cpu.enable()
     _enabled = True
+
+
+class _Loader(importlib.abc.Loader):
+    def __init__(self, inner):
+        self.inner = inner
+
+    def create_module(self, spec):
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module):
+        self.inner.exec_module(module)  # vllm/__init__.py: no vllm.triton_utils yet
+        enable()
+
+
+class _OnVllmImport(importlib.abc.MetaPathFinder):
+    """Finds the `vllm` package with the other finders; `enable()` runs once it has executed."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "vllm":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _Loader(spec.loader)
+        return spec
+
+
+def enable_on_import() -> None:
+    """`enable()` now if vLLM is imported, else when it is."""
+    if "vllm" in sys.modules:
+        enable()
+    elif not any(isinstance(f, _OnVllmImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _OnVllmImport())
