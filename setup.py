@@ -9,6 +9,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["vllm_plphp", "vllm_plphp.*", "plphp_dev", "plphp_dev.*"]),
     package_data={"vllm_plphp.configs": ["*.json"], "vllm_plphp.patches": ["README.md"],
+                  "vllm_plphp.core": ["csrc/*.c"],  # the CPU pruning kernel, built on first use
                   # the trained quality model the quick start serves (11 MB)
                   "plphp_dev.quality": ["model/*"]},
     install_requires=["vllm>=0.32,<0.33"],

@@ -5,8 +5,10 @@ head 64, float32, CPU_ATTN's KV layout, 32-token blocks), `--batch` requests
 whose prompts end in this step, each with `--images` 576-token images; a fake
 runner adapter (the seam `block_ids` / `block_table` / `commit`). Times, in
 interleaved repeats, the per-request torch path (`prune._prune`: FastV / VTW
-and the ablations take it) and what `prune.prune_layer` runs for PLPHP (the
-batched path), both over `--layers` layers, plus the end-of-step commit.
+and the ablations take it) and the two batched paths `prune.prune_layer` runs for
+PLPHP layers: batched torch ops (`kernels="torch"`) and, on CPU_ATTN by
+default, the C kernel (`vllm_plphp/core/cpu_kernel.py`), each over
+`--layers` layers, plus the end-of-step commit.
 Times are this thread's CPU time (`--threads 1`, the default): on a shared
 machine that leaves out the waits for a core, not memory contention.
 
@@ -73,9 +75,14 @@ def setup(batch: int, images: int, layers: int):
     return worker, names, targets, impl, layer, query, kv
 
 
-def time_path(per_request: bool, worker, names, targets, impl, layer, query, kv) -> float:
+PATHS = {"per-request": "torch", "torch ops": "torch", "C kernel": None}  # path -> worker.kernels
+
+
+def time_path(path: str, worker, names, targets, impl, layer, query, kv) -> float:
     from vllm_plphp.core import prune
 
+    per_request = path == "per-request"
+    worker.kernels = PATHS[path]
     start = time.thread_time()
     step = worker.begin_step()
     step.targets = targets()
@@ -99,10 +106,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     state = setup(args.batch, args.images, args.layers)
-    times = {"per-request": [], "batched": []}
+    times = {name: [] for name in PATHS}
     for rep in range(args.repeats + 1):  # the first is a warm-up
         for name in times:
-            t = time_path(name == "per-request", *state)
+            t = time_path(name, *state)
             if rep:
                 times[name].append(t)
     prompt = 12 + args.images * (IMAGE + 1)
@@ -112,9 +119,10 @@ def main() -> None:
         ms = [v * 1e3 / args.layers for v in values]
         print(f"{name:12s} ms per layer: median {statistics.median(ms):.2f} "
               f"(min {min(ms):.2f}, max {max(ms):.2f})")
-    ratios = [a / b for a, b in zip(times["per-request"], times["batched"])]
-    print(f"per-request / batched: median {statistics.median(ratios):.2f}x "
-          f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
+    for name in ("per-request", "torch ops"):
+        ratios = [a / b for a, b in zip(times[name], times["C kernel"])]
+        print(f"{name} / C kernel: median {statistics.median(ratios):.2f}x "
+              f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
 
 
 if __name__ == "__main__":

@@ -46,8 +46,10 @@ class PlphpConfig:
     per_head: bool = True
     # Engine-wide (not per request): the stock attention backend PLPHP wraps,
     # "auto" = vLLM's own pick on the platform (vllm_plphp.selection), and the
-    # pruning kernels: "auto" (fused Triton on CUDA, torch elsewhere), "triton"
-    # (also on CPU tensors under TRITON_INTERPRET=1, for tests), "torch".
+    # pruning kernels: "auto" (fused Triton on CUDA, the C kernel of
+    # core/cpu_kernel.py on CPU_ATTN float32 / bfloat16 caches, batched torch
+    # ops elsewhere), "triton" (also on CPU tensors under TRITON_INTERPRET=1,
+    # for tests), "torch" (batched torch ops everywhere).
     backend: str = "auto"
     kernels: str = "auto"
 

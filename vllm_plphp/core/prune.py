@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from vllm_plphp.core import batched, compaction, kv_layout, scoring
+from vllm_plphp.core import batched, compaction, cpu_kernel, kv_layout, scoring
 from vllm_plphp.core.policies import LayerScores
 from vllm_plphp.core.worker import LayerRecord, PlphpWorker
 from vllm_plphp.log import logger
@@ -139,6 +139,15 @@ def _prune_batched(worker: PlphpWorker, roles, impl, layer, query, kv_cache, bac
             layout = layouts[shape] = batched.make_layout(plan, *shape)
         kv_cache_dtype = getattr(impl, "kv_cache_dtype", "auto")
         k_scale = layer._k_scale_float if kv_cache_dtype in kv_layout.FP8_DTYPES else 1.0
+        if impl.kv_layout == "cpu" and worker.kernels is None \
+                and cpu_kernel.supports(kv_cache, kv_cache_dtype, queries.shape[1]):
+            cp = layouts.get("cpu kernel")
+            if cp is None:
+                cp = layouts["cpu kernel"] = cpu_kernel.make_cpu_plan(plan)
+            ids = table.gather(1, layout.cols).long()
+            result = cpu_kernel.prune_layer_(queries, kv_cache, ids, cp, shape[0], impl.scale, reduce, **common)
+            step.pending.append((gid, layer_idx, targets, result))
+            return
         with batched.one_thread(kv_cache):
             result = batched.prune_layer_(queries, kv_cache, impl.kv_layout, table, plan, layout,
                                           impl.scale, reduce, kv_cache_dtype=kv_cache_dtype,

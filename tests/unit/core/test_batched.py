@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vllm_plphp.config import PlphpConfig
-from vllm_plphp.core import batched, kv_layout, prune
+from vllm_plphp.core import batched, cpu_kernel, kv_layout, prune
 from vllm_plphp.core.plan import PruneTarget
 from vllm_plphp.core.worker import PlphpWorker
 
@@ -61,8 +61,10 @@ def make_step(seed, layout, extra):
     return kv, table, totals, query, targets
 
 
-def run(batched_path: bool, layout: str, seed: int, extra: int):
+def run(batched_path: bool, layout: str, seed: int, extra: int, kernels: str | None = "torch",
+        dtype=torch.float32):
     kv, table, totals, query, targets = make_step(seed, layout, extra)
+    kv = kv.to(dtype)
     prune._tp_size = lambda: 1
     config = SimpleNamespace(additional_config={}, model_config=SimpleNamespace(
         hf_text_config=SimpleNamespace(num_hidden_layers=8)))
@@ -70,6 +72,7 @@ def run(batched_path: bool, layout: str, seed: int, extra: int):
     worker.layer_to_group = {LAYER: 3}
     worker.adapter = FakeAdapter(table, totals)
     worker.keep_layer = 3
+    worker.kernels = kernels  # "torch": batched torch ops; None (auto): the C kernel on CPU_ATTN
     step = worker.begin_step()
     step.targets = copy.deepcopy(targets)
     impl = SimpleNamespace(scale=HEAD ** -0.5, head_size=HEAD, kv_layout=layout)
@@ -92,11 +95,16 @@ def run(batched_path: bool, layout: str, seed: int, extra: int):
     return worker.adapter.commits, records, entries, kv[others], worker.keep_maps
 
 
-@pytest.mark.parametrize("layout", ["cpu", "split"])
+@pytest.mark.parametrize("layout,kernels", [("cpu", "torch"), ("split", "torch"), ("cpu", None)])
 @pytest.mark.parametrize("seed,extra", [(0, 0), (1, 3)])
-def test_batched_equals_per_request(layout, seed, extra):
+def test_batched_equals_per_request(layout, kernels, seed, extra, monkeypatch):
+    """kernels None on CPU_ATTN: the C kernel (`core/cpu_kernel.py`), which must run."""
+    calls = []
+    real = cpu_kernel.prune_layer_
+    monkeypatch.setattr(cpu_kernel, "prune_layer_", lambda *a, **k: calls.append(1) or real(*a, **k))
     oracle = run(False, layout, seed, extra)
-    ours = run(True, layout, seed, extra)
+    ours = run(True, layout, seed, extra, kernels)
+    assert len(calls) == (kernels is None)
     assert ours[0] == oracle[0]
     assert {r: rec.rate for r, rec in ours[1].items()} == {r: rec.rate for r, rec in oracle[1].items()}
     assert sorted(rec.rate for rec in ours[1].values()) == [0.0, 0.3, 0.6]  # I, B, A
@@ -123,3 +131,40 @@ def test_ties_go_to_the_lower_position():
     src = batched.kept_sources(scores, layout, torch.tensor([[3]]))
     assert src[0, 0, :7].tolist() == [0, 1, 2, 3, 4, 14, 15]
     assert src[0, 1, :7].tolist() == [0, 1, 2, 3, 12, 14, 15]
+
+
+@pytest.mark.parametrize("seed,extra", [(0, 0), (1, 3)])
+def test_c_kernel_equals_torch_path_on_bfloat16(seed, extra):
+    """bfloat16 caches (vLLM's CPU default dtype): the C kernel and the batched
+    torch ops keep the same entries, rates and lengths."""
+    torch_path = run(True, "cpu", seed, extra, "torch", torch.bfloat16)
+    c_path = run(True, "cpu", seed, extra, None, torch.bfloat16)
+    assert c_path[0] == torch_path[0]
+    for req, rec in c_path[1].items():
+        assert (rec.rate, rec.kept, rec.vision_kept) == \
+            (torch_path[1][req].rate, torch_path[1][req].kept, torch_path[1][req].vision_kept)
+    for b in range(3):
+        for a, c in zip(c_path[2][b], torch_path[2][b]):
+            torch.testing.assert_close(a, c, rtol=0, atol=0)
+    torch.testing.assert_close(c_path[3], torch_path[3], rtol=0, atol=0)
+    assert c_path[4] == torch_path[4]
+
+
+def test_c_kernel_ties_go_to_the_lower_position():
+    """All keys equal (every score ties): each head keeps the first K_j positions of each image."""
+    from vllm_plphp.gpu import make_plan
+
+    images = [[torch.arange(2, 14), torch.arange(16, 28)]]
+    plan = make_plan(images, [30], [30], "cpu", configs=[PlphpConfig(r=0.25, delta_r=0.0)])
+    kv = torch.zeros(4, 2, 8, 2 * 16)  # CPU_ATTN tiles: per (block, head) keys D-major (16 x 8), then values (8 x 16)
+    values = kv.view(4, 2, 2, 8, 16)[:, :, 1]
+    values[:] = torch.arange(4 * 2 * 8, dtype=torch.float32).view(4, 2, 8, 1)  # tell entries apart
+    ids = torch.tensor([[3, 0, 2, 1]])
+    order = {p: values[ids[0, p // 8], :, p % 8, 0].clone() for p in range(30)}
+    result = cpu_kernel.prune_layer_(torch.randn(1, 4, 16), kv, ids, cpu_kernel.make_cpu_plan(plan), 8,
+                                     0.25, return_keep=True)
+    kept = [0, 1, 2, 3, 4, 14, 15, 16, 17, 18, 28, 29]  # K_j = 3 of 12 per image
+    assert result.lengths.tolist() == [len(kept)]
+    assert result.keep[0, :, : len(kept)].tolist() == [kept, kept]
+    for slot, p in enumerate(kept):  # the values moved with their entries
+        assert values[ids[0, slot // 8], :, slot % 8, 0].tolist() == order[p].tolist()

@@ -1,0 +1,181 @@
+"""PLPHP layers on vLLM's CPU_ATTN cache in two C calls (`csrc/prune_cpu.c`):
+scores + gamma, then selection + in-place compaction, for every target of
+the step. Same semantics as the batched torch path (`core.batched`), which
+stays the path for other layouts, fp8 / fp16 caches and `kernels="torch"`.
+
+Why: at one image (589 tokens) a layer's pruning in torch is ~50 small ops
+whose fixed cost is the whole bill (~0.8 ms per layer on one thread; issue
+29). The C calls do the same arithmetic (float32 q.k, softmax, KV-head mean
+or max, top-K per head and image with ties to the lower position (quickselect),
+r_l and K_j in float64) without gathering blocks: kept entries move forward
+inside the paged cache (the i-th kept position is never below i).
+
+Built on first use with the system C compiler (`$CC`, else `cc`; vLLM's CPU
+torch.compile needs one too) into `~/.cache/vllm-plphp/kernels/`; if that
+fails, the torch path runs and the reason is logged once.
+
+Shapes: B targets, H query heads (this rank), Hkv KV heads, D head size, bs
+block size, M blocks per target, S = M * bs, J images, Smax positions per
+image (max), Pmax / Tmax longest prompt / total length.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("csrc") / "prune_cpu.c"
+_lib: ctypes.CDLL | None = None
+_failed: str | None = None
+_P = ctypes.c_void_p
+_I = ctypes.c_int
+_L = ctypes.c_int64
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "vllm-plphp" / "kernels"
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC", "cc")
+    flags = ["-O3", "-fPIC", "-shared", "-fno-math-errno"]
+    code = SOURCE.read_bytes()
+    key = hashlib.sha256(code + " ".join([cc, *flags]).encode()).hexdigest()[:16]
+    out = _cache_dir() / f"prune_cpu_{key}.so"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            so = os.path.join(tmp, out.name)
+            subprocess.run([cc, *flags, "-o", so, str(SOURCE), "-lm"], check=True,
+                           capture_output=True, text=True, timeout=120)
+            os.replace(so, out)  # atomic: concurrent builders write the same file
+    lib = ctypes.CDLL(str(out))
+    lib.plphp_scores.restype = ctypes.c_int
+    lib.plphp_scores.argtypes = [_P, _P, _I, _P, _I, _I, _I, _I, _I, _I, _L, _L, _P, _P, _I,
+                                 ctypes.c_float, _I, _P, _P, _P]
+    lib.plphp_compact.argtypes = [_P, _I, _P, _I, _I, _I, _I, _I, _L, _L, _P, _P, _P, _I, _I,
+                                  _P, _P, _P, _I, _P, _I, _P, _P, _P, _P, _P]
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel library, or None (the reason logged once)."""
+    global _lib, _failed
+    if _lib is None and _failed is None:
+        try:
+            _lib = _build()
+        except (OSError, subprocess.SubprocessError) as e:
+            detail = getattr(e, "stderr", "") or ""
+            _failed = f"{type(e).__name__}: {e} {detail}".strip()
+            logger.warning("PLPHP: the C pruning kernel could not be built (%s); CPU_ATTN layers "
+                           "prune with batched torch ops instead (slower at short prompts)", _failed)
+    return _lib
+
+
+MAX_GROUP = 16  # query heads per KV head (MAX_G in prune_cpu.c)
+
+
+def supports(kv_cache: torch.Tensor, kv_cache_dtype: str, num_heads: int) -> bool:
+    """CPU tensors, a float32 / bfloat16 cache (not fp8), inner dims
+    contiguous, at most MAX_GROUP query heads per KV head."""
+    return (kv_cache.device.type == "cpu" and kv_cache_dtype == "auto"
+            and num_heads // kv_cache.shape[1] <= MAX_GROUP
+            and kv_cache.dtype in (torch.float32, torch.bfloat16)
+            and kv_cache.stride(3) == 1 and kv_cache.stride(2) == kv_cache.shape[3]
+            and library() is not None)
+
+
+@dataclass
+class CpuPlan:
+    """Per-step host arrays of the step's `BatchPlan` (built once per step)."""
+
+    plens: np.ndarray  # (B,) int32
+    tlens: np.ndarray  # (B,) int64
+    vision: np.ndarray  # (B, Pmax) int8
+    base: np.ndarray  # (B, Tmax) uint8
+    pos: np.ndarray  # (B, J, Smax) int64
+    sizes: np.ndarray  # (B, J) int64
+    sizes_f: np.ndarray  # (B, J) float64
+    params: np.ndarray  # (B, 4) float64: r, delta_r, alpha, beta
+    lbound: int
+    smax: int
+
+
+def make_cpu_plan(plan) -> CpuPlan:
+    sizes = np.zeros((plan.batch, plan.pos.shape[1]), dtype=np.int64)
+    for b, req in enumerate(plan.image_sizes):
+        sizes[b, : len(req)] = req
+    return CpuPlan(
+        plens=np.asarray(plan.prompt_lens, dtype=np.int32),
+        tlens=np.asarray(plan.total_lens, dtype=np.int64),
+        vision=np.ascontiguousarray(plan.vision_mask.cpu().numpy().astype(np.int8)),
+        base=np.ascontiguousarray(plan.base_keep.cpu().numpy().astype(np.uint8)),
+        pos=np.ascontiguousarray(plan.pos.cpu().numpy().astype(np.int64)),
+        sizes=sizes, sizes_f=sizes.astype(np.float64),
+        params=plan.rate_params.cpu().numpy().astype(np.float64),
+        lbound=plan.bounds()[1], smax=int(plan.pos.shape[2]))
+
+
+def _ptr(a) -> int:
+    return a.ctypes.data if isinstance(a, np.ndarray) else a.data_ptr()
+
+
+def prune_layer_(queries: torch.Tensor, kv_cache: torch.Tensor, ids: torch.Tensor, cp: CpuPlan,
+                 block_size: int, scale: float, reduce: str = "mean",
+                 num_heads_total: int | None = None, all_reduce=None, return_keep: bool = False):
+    """queries (B, H, D) post-RoPE last prompt tokens; kv_cache (nb, Hkv, bs, 2D)
+    CPU_ATTN tiles; ids (B, M) long block ids covering each target's total
+    length. Scores, selects and compacts in place; returns a
+    `vllm_plphp.gpu.ops.LayerResult` of CPU tensors."""
+    from vllm_plphp.gpu.ops import LayerResult
+
+    lib = library()
+    batch, num_heads, d = queries.shape
+    hkv = kv_cache.shape[1]
+    m = ids.shape[1]
+    s = m * block_size
+    q = queries.float().contiguous()
+    ids = ids.contiguous()
+    esize = kv_cache.element_size()
+    sblock, shead = kv_cache.stride(0), kv_cache.stride(1)
+    scores = np.empty((batch, hkv, s), dtype=np.float32)
+    gamma_sum = np.empty(batch, dtype=np.float32)
+    work = np.empty(max(s, 1) * (num_heads // hkv), dtype=np.float32)
+    lib.plphp_scores(_ptr(q), _ptr(kv_cache), esize, _ptr(ids), batch, num_heads, hkv, d, block_size,
+                     m, sblock, shead, _ptr(cp.plens), _ptr(cp.vision), cp.vision.shape[1], scale,
+                     int(reduce == "max"), _ptr(scores), _ptr(gamma_sum), _ptr(work))
+    gamma = torch.from_numpy(gamma_sum)
+    if all_reduce is not None:
+        gamma = all_reduce(gamma)
+    gammas = (gamma / (num_heads_total or num_heads)).numpy()
+    # r_l and K_j exactly as `gpu.ops.layer_rates` / `gpu.select.kept_counts_device` (float64)
+    r, dr, alpha, beta = cp.params.T
+    g = gammas.astype(np.float64)
+    rates = np.where(g >= alpha, r + dr, np.where(g < beta, r - dr, r))
+    k = np.maximum(np.floor(rates[:, None] * cp.sizes_f + 1e-6), 1.0)
+    kept = np.ascontiguousarray(np.minimum(k, cp.sizes_f).astype(np.int64))
+    lengths = np.empty(batch, dtype=np.int64)
+    keep = np.empty((batch, hkv, cp.lbound), dtype=np.int64) if return_keep else None
+    mask = np.empty(max(int(cp.tlens.max(initial=0)), 1), dtype=np.uint8)
+    buf = np.empty(max(cp.smax, 1), dtype=np.float32)
+    ties = np.empty(max(cp.smax, mask.shape[0]), dtype=np.int64)
+    offs = np.empty(4 * mask.shape[0], dtype=np.int64)
+    lib.plphp_compact(_ptr(kv_cache), esize, _ptr(ids), batch, hkv, d, block_size, m, sblock, shead,
+                      _ptr(scores), _ptr(cp.pos), _ptr(cp.sizes), cp.pos.shape[1], cp.smax,
+                      _ptr(kept), _ptr(cp.tlens), _ptr(cp.base), cp.base.shape[1],
+                      _ptr(keep) if keep is not None else None, cp.lbound, _ptr(lengths),
+                      _ptr(mask), _ptr(buf), _ptr(ties), _ptr(offs))
+    return LayerResult(None if keep is None else torch.from_numpy(keep),
+                       torch.from_numpy(lengths.astype(np.int32)), torch.from_numpy(gammas),
+                       torch.from_numpy(rates))
