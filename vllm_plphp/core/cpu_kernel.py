@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import logging
 import os
 import subprocess
 import tempfile
@@ -33,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
+from vllm_plphp.log import logger
+
 SOURCE = Path(__file__).with_name("csrc") / "prune_cpu.c"
 _lib: ctypes.CDLL | None = None
 _failed: str | None = None

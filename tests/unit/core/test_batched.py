@@ -168,3 +168,17 @@ def test_c_kernel_ties_go_to_the_lower_position():
     assert result.keep[0, :, : len(kept)].tolist() == [kept, kept]
     for slot, p in enumerate(kept):  # the values moved with their entries
         assert values[ids[0, slot // 8], :, slot % 8, 0].tolist() == order[p].tolist()
+
+
+def test_without_a_c_compiler_the_torch_ops_run_and_say_why(monkeypatch, tmp_path, caplog):
+    """No compiler: `supports` is False (prune.py then takes the torch ops) and one warning says why."""
+    monkeypatch.setattr(cpu_kernel, "_lib", None)
+    monkeypatch.setattr(cpu_kernel, "_failed", None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing built yet
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    kv = torch.zeros(2, 2, 8, 32)
+    with caplog.at_level("WARNING"):
+        assert not cpu_kernel.supports(kv, "auto", 4)
+        assert not cpu_kernel.supports(kv, "auto", 4)
+    warnings = [r for r in caplog.records if "C pruning kernel could not be built" in r.getMessage()]
+    assert len(warnings) == 1 and "no-such-compiler" in warnings[0].getMessage()
