@@ -10,6 +10,7 @@ step seconds. Prints median, min and max over `--samples`.
 
   .venv/bin/python benchmarks/prune_share.py --shapes 1img,8img
   .venv/bin/python benchmarks/prune_share.py --shapes 1img --batch 4
+  .venv/bin/python benchmarks/prune_share.py --shapes 1img --kernels torch
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import shapes  # noqa: E402
 
 
-def measure(shape: str, samples: int, batch: int, eager: bool, r: float = 0.4) -> list[dict]:
+def measure(shape: str, samples: int, batch: int, eager: bool, r: float = 0.4,
+            kernels: str = "auto") -> list[dict]:
     from vllm import LLM, SamplingParams
 
     from vllm_plphp.worker.extension import WORKER_EXT
@@ -34,7 +36,7 @@ def measure(shape: str, samples: int, batch: int, eager: bool, r: float = 0.4) -
     args = shapes.engine_args(shape)
     llm = LLM(**args, kv_cache_memory_bytes=1 << 30, enforce_eager=eager, enable_prefix_caching=False,
               max_num_seqs=max(batch, 1), attention_backend="plphp",
-              additional_config={"plphp": {"r": r}}, worker_extension_cls=WORKER_EXT, seed=0)
+              additional_config={"plphp": {"r": r, "kernels": kernels}}, worker_extension_cls=WORKER_EXT, seed=0)
     params = SamplingParams(max_tokens=1, temperature=0)
     llm.generate([shapes.inputs(shape, 1000 + i) for i in range(batch)], params, use_tqdm=False)
     out = []
@@ -66,13 +68,16 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=5)
     ap.add_argument("--batch", type=int, default=1, help="requests per pruning step")
     ap.add_argument("--eager", action="store_true", help="--enforce-eager (default: compiled)")
+    ap.add_argument("--kernels", default="auto",
+                    help="PLPHP's kernels setting: auto (the C kernel on CPU_ATTN) or torch (batched torch ops)")
     ap.add_argument("--json", help="write the per-sample figures here")
     args = ap.parse_args()
     results = {}
     for shape in args.shapes.split(","):
-        results[shape] = measure(shape, args.samples, args.batch, args.eager)
+        results[shape] = measure(shape, args.samples, args.batch, args.eager, kernels=args.kernels)
         print(f"[prune_share] {shape}: {summary(results[shape])}", flush=True)
-    print(f"\n{'compiled' if not args.eager else 'eager'}, {args.batch} request(s) per step, r=0.4")
+    print(f"\n{'compiled' if not args.eager else 'eager'}, {args.batch} request(s) per step, r=0.4, "
+          f"kernels={args.kernels}")
     for shape, rows in results.items():
         print(f"{shape:6s} {summary(rows)}")
     if args.json:
