@@ -113,7 +113,11 @@ class _OnVllmImport(importlib.abc.MetaPathFinder):
 
 
 def enable_on_import() -> None:
-    """`enable()` now if vLLM is imported, else when it is."""
+    """`enable()` now if vLLM is imported, else when it is. `TRITON_INTERPRET`
+    is set now: Triton decides per `@triton.jit` function, when it is
+    defined, whether it runs in the interpreter, and `import vllm` imports
+    Triton before anything of vLLM's."""
+    os.environ["TRITON_INTERPRET"] = "1"
     if "vllm" in sys.modules:
         enable()
     elif not any(isinstance(f, _OnVllmImport) for f in sys.meta_path):
