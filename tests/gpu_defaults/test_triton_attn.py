@@ -8,7 +8,8 @@ On a 6-layer LLaVA (3 pruned layers, 64-token images: interpreted attention
 costs grow with the square of the prompt), one batch of 1-image, 2-image and text prompts with
 PLPHP at the paper's settings, at thresholds that mix the layer categories,
 FastV and VTW, each request its own settings:
-- stock TRITON_ATTN equals stock CPU_ATTN and the HF reference;
+- stock TRITON_ATTN equals stock CPU_ATTN (PLPHP's CPU_ATTN engine with
+  every request opted out) and the HF reference;
 - PLPHP wrapping TRITON_ATTN (`{"plphp": {"backend": "TRITON_ATTN"}}`) equals
   the HF reference in tokens and per-layer kept lengths, with the fused Triton
   pruning kernels (`kernels: "triton"`, what CUDA runs; FastV / VTW take the
@@ -20,7 +21,7 @@ FastV and VTW, each request its own settings:
 import pytest
 
 from plphp_dev.fixtures.prompts import get_prompt, prompt_inputs
-from tests.conftest import greedy, kept, make_inprocess_llm, make_llm, mixed_thresholds, scheduler_of
+from tests.conftest import greedy, kept, make_inprocess_llm, mixed_thresholds, scheduler_of
 from vllm_plphp.config import PlphpConfig
 
 pytestmark = pytest.mark.usefixtures("eager_engines")
@@ -64,6 +65,11 @@ class Runs:
                          + [("m0", 0, self.mixed), ("f1", 1, FASTV), ("v0", 0, VTW)])
         self.cpu = self._plphp(llm)
         self.cpu_wrapped = llm.collective_rpc("plphp_attention_impls")[0]
+        # stock CPU_ATTN: the same engine with every request opted out (PLPHP's
+        # impl then runs the stock one untouched; one engine start less)
+        prompts = [prompt_inputs("llava", *case) for case in CASES]
+        self.stock = {"CPU_ATTN": [list(o.outputs[0].token_ids)
+                                   for o in llm.generate(prompts, greedy(MAX_TOKENS, plphp=False))]}
         self._stop(llm)
 
         llm = make_inprocess_llm(path, "plphp", {**TRITON, "kernels": "triton"})
@@ -71,7 +77,7 @@ class Runs:
         self.triton_wrapped = llm.collective_rpc("plphp_attention_impls")[0]
         self._stop(llm)
 
-        llm = make_llm(path, "plphp", {**TRITON, "kernels": "torch"})
+        llm = make_inprocess_llm(path, "plphp", {**TRITON, "kernels": "torch"})
         ids = [r for r in self.requests if r[0][0] in "dm"]
         outs = llm.generate([prompt_inputs("llava", *CASES[c]) for _, c, _ in ids],
                             [greedy(MAX_TOKENS, plphp=o) for *_, o in ids])
@@ -80,13 +86,10 @@ class Runs:
                       for (rid, *_), o in zip(ids, outs)}
         self._stop(llm)
 
-        prompts = [prompt_inputs("llava", *case) for case in CASES]
-        self.stock = {}
-        for name, kwargs in (("CPU_ATTN", {}), ("TRITON_ATTN", {"attention_backend": "TRITON_ATTN"})):
-            llm = make_llm(path, **kwargs)
-            self.stock[name] = [list(o.outputs[0].token_ids)
-                                for o in llm.generate(prompts, greedy(MAX_TOKENS))]
-            self._stop(llm)
+        llm = make_inprocess_llm(path, attention_backend="TRITON_ATTN")
+        self.stock["TRITON_ATTN"] = [list(o.outputs[0].token_ids)
+                                     for o in llm.generate(prompts, greedy(MAX_TOKENS))]
+        self._stop(llm)
 
     def _plphp(self, llm):
         llm.reset_prefix_cache()  # both engines start the batch with a cold cache

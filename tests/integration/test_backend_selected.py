@@ -3,7 +3,7 @@ in the worker, on the real engine, for 1-image, 2-image and text prompts."""
 
 import pytest
 
-from tests.conftest import greedy, make_llm, token_ids
+from tests.conftest import greedy, make_inprocess_llm, make_llm, token_ids
 from plphp_dev.fixtures.prompts import prompt_inputs
 
 PROMPTS = [("llava", 1, 0), ("llava", 2, 3), ("llava", 0, 0)]
@@ -39,7 +39,7 @@ def test_each_layer_is_its_own_kv_cache_group(plphp_llm):
 def test_r1_outputs_equal_stock_for_image_and_text_prompts(plphp_llm, llava_path):
     prompts = [prompt_inputs(name, n, seed) for name, n, seed in PROMPTS]
     ours = token_ids(plphp_llm.generate(prompts, greedy()))
-    stock_llm = make_llm(llava_path)
+    stock_llm = make_inprocess_llm(llava_path)  # engine core here: no second spawn
     try:
         stock = token_ids(stock_llm.generate(prompts, greedy()))
     finally:

@@ -14,7 +14,7 @@ One PLPHP engine and one stock engine for the module, 32-token blocks
 
 import pytest
 
-from tests.conftest import MAX_TOKENS, greedy, make_inprocess_llm, make_llm, scheduler_of
+from tests.conftest import MAX_TOKENS, greedy, make_inprocess_llm, scheduler_of
 from plphp_dev.fixtures.prompts import make_image
 
 BLOCK = 32
@@ -228,7 +228,7 @@ def test_abort_around_the_copy_leaks_nothing(llm, abort_step):
 
 @pytest.fixture(scope="module")
 def stock(llava_path):
-    llm = make_llm(llava_path, block_size=BLOCK)
+    llm = make_inprocess_llm(llava_path, block_size=BLOCK)
     yield llm
     llm.llm_engine.engine_core.shutdown()
 
