@@ -152,9 +152,11 @@ def prune_layer_(queries: torch.Tensor, kv_cache: torch.Tensor, ids: torch.Tenso
     scores = np.empty((batch, hkv, s), dtype=np.float32)
     gamma_sum = np.empty(batch, dtype=np.float32)
     work = np.empty(max(s, 1) * (num_heads // hkv), dtype=np.float32)
-    lib.plphp_scores(_ptr(q), _ptr(kv_cache), esize, _ptr(ids), batch, num_heads, hkv, d, block_size,
-                     m, sblock, shead, _ptr(cp.plens), _ptr(cp.vision), cp.vision.shape[1], scale,
-                     int(reduce == "max"), _ptr(scores), _ptr(gamma_sum), _ptr(work))
+    rc = lib.plphp_scores(_ptr(q), _ptr(kv_cache), esize, _ptr(ids), batch, num_heads, hkv, d, block_size,
+                          m, sblock, shead, _ptr(cp.plens), _ptr(cp.vision), cp.vision.shape[1], scale,
+                          int(reduce == "max"), _ptr(scores), _ptr(gamma_sum), _ptr(work))
+    if rc != 0:  # `supports` rules this out
+        raise ValueError(f"plphp_scores: more than {MAX_GROUP} query heads per KV head")
     gamma = torch.from_numpy(gamma_sum)
     if all_reduce is not None:
         gamma = all_reduce(gamma)
