@@ -73,6 +73,7 @@ class DenseLayout:
     tile_head: torch.Tensor
     block_size: int
     buffers: dict = field(default_factory=dict)
+    cpu: object | None = None  # the C kernel's host arrays (`cpu_kernel.CpuPlan`), made on first use
 
     def buffer(self, name: str, shape, dtype, device) -> torch.Tensor:
         """A scratch tensor kept for the step (uninitialized)."""

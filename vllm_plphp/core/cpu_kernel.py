@@ -131,53 +131,53 @@ def _ptr(a) -> int:
     return a.ctypes.data if isinstance(a, np.ndarray) else a.data_ptr()
 
 
-def prune_layer_(queries: torch.Tensor, kv_cache: torch.Tensor, ids: torch.Tensor, cp: CpuPlan,
-                 block_size: int, scale: float, reduce: str = "mean",
-                 num_heads_total: int | None = None, all_reduce=None, return_keep: bool = False):
+def prune_layer_(queries: torch.Tensor, kv_cache: torch.Tensor, ids: torch.Tensor, layout,
+                 scale: float, reduce: str = "mean", num_heads_total: int | None = None,
+                 all_reduce=None, return_keep: bool = False):
     """queries (B, H, D) post-RoPE last prompt tokens; kv_cache (nb, Hkv, bs, 2D)
     CPU_ATTN tiles; ids (B, M) long block ids covering each target's total
-    length. Scores, selects and compacts in place; returns a
+    length; layout: the step's `batched.DenseLayout` for this block size and
+    KV head count (its `cpu` plan set, its scratch buffers reused by every
+    layer). Scores, selects and compacts in place; returns a
     `vllm_plphp.gpu.ops.LayerResult` of CPU tensors."""
-    from vllm_plphp.gpu.ops import LayerResult
+    from vllm_plphp.gpu.ops import LayerResult, rate_rule
+    from vllm_plphp.gpu.select import kept_rule
 
-    lib = library()
+    lib, cp = library(), layout.cpu
     batch, num_heads, d = queries.shape
     hkv = kv_cache.shape[1]
-    m = ids.shape[1]
-    s = m * block_size
+    m, bs = ids.shape[1], layout.block_size
+    s = m * bs
+    tmax = max(int(cp.tlens.max(initial=0)), 1)
+    f32, i64 = torch.float32, torch.int64
+    buf = lambda name, *shape, dtype=f32: layout.buffer("c " + name, shape, dtype, kv_cache.device)  # noqa: E731
+    scores = buf("scores", batch, hkv, s)
     q = queries.float().contiguous()
     ids = ids.contiguous()
     esize = kv_cache.element_size()
     sblock, shead = kv_cache.stride(0), kv_cache.stride(1)
-    scores = np.empty((batch, hkv, s), dtype=np.float32)
     gamma_sum = np.empty(batch, dtype=np.float32)
-    work = np.empty(max(s, 1) * (num_heads // hkv), dtype=np.float32)
-    rc = lib.plphp_scores(_ptr(q), _ptr(kv_cache), esize, _ptr(ids), batch, num_heads, hkv, d, block_size,
+    rc = lib.plphp_scores(_ptr(q), _ptr(kv_cache), esize, _ptr(ids), batch, num_heads, hkv, d, bs,
                           m, sblock, shead, _ptr(cp.plens), _ptr(cp.vision), cp.vision.shape[1], scale,
-                          int(reduce == "max"), _ptr(scores), _ptr(gamma_sum), _ptr(work))
+                          int(reduce == "max"), _ptr(scores), _ptr(gamma_sum),
+                          _ptr(buf("work", max(s, 1) * (num_heads // hkv))))
     if rc != 0:  # `supports` rules this out
         raise ValueError(f"plphp_scores: more than {MAX_GROUP} query heads per KV head")
     gamma = torch.from_numpy(gamma_sum)
     if all_reduce is not None:
         gamma = all_reduce(gamma)
     gammas = (gamma / (num_heads_total or num_heads)).numpy()
-    # r_l and K_j exactly as `gpu.ops.layer_rates` / `gpu.select.kept_counts_device` (float64)
-    r, dr, alpha, beta = cp.params.T
-    g = gammas.astype(np.float64)
-    rates = np.where(g >= alpha, r + dr, np.where(g < beta, r - dr, r))
-    k = np.maximum(np.floor(rates[:, None] * cp.sizes_f + 1e-6), 1.0)
-    kept = np.ascontiguousarray(np.minimum(k, cp.sizes_f).astype(np.int64))
+    rates = rate_rule(np, gammas.astype(np.float64), cp.params)  # as the torch and Triton paths
+    kept = np.ascontiguousarray(kept_rule(np, rates, cp.sizes_f).astype(np.int64))
     lengths = np.empty(batch, dtype=np.int64)
     keep = np.empty((batch, hkv, cp.lbound), dtype=np.int64) if return_keep else None
-    mask = np.empty(max(int(cp.tlens.max(initial=0)), 1), dtype=np.uint8)
-    buf = np.empty(max(cp.smax, 1), dtype=np.float32)
-    ties = np.empty(max(cp.smax, mask.shape[0]), dtype=np.int64)
-    offs = np.empty(4 * mask.shape[0], dtype=np.int64)
-    lib.plphp_compact(_ptr(kv_cache), esize, _ptr(ids), batch, hkv, d, block_size, m, sblock, shead,
+    lib.plphp_compact(_ptr(kv_cache), esize, _ptr(ids), batch, hkv, d, bs, m, sblock, shead,
                       _ptr(scores), _ptr(cp.pos), _ptr(cp.sizes), cp.pos.shape[1], cp.smax,
                       _ptr(kept), _ptr(cp.tlens), _ptr(cp.base), cp.base.shape[1],
                       _ptr(keep) if keep is not None else None, cp.lbound, _ptr(lengths),
-                      _ptr(mask), _ptr(buf), _ptr(ties), _ptr(offs))
+                      _ptr(buf("mask", tmax, dtype=torch.uint8)), _ptr(buf("top", max(cp.smax, 1))),
+                      _ptr(buf("kept positions", max(cp.smax, tmax), dtype=i64)),
+                      _ptr(buf("moves", 4 * tmax, dtype=i64)))
     return LayerResult(None if keep is None else torch.from_numpy(keep),
                        torch.from_numpy(lengths.astype(np.int32)), torch.from_numpy(gammas),
                        torch.from_numpy(rates))

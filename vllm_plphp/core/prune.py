@@ -66,7 +66,7 @@ def prune_layer(worker: PlphpWorker, impl, layer, query: torch.Tensor, kv_cache:
     roles = _roles(worker, layer_position(layer.layer_name))
     if roles:
         _move_to_copies(worker, roles, worker.layer_to_group[layer.layer_name], kv_cache)
-        backend = _batched(worker, roles, kv_cache)
+        backend = _batched(worker, roles, impl, query, kv_cache)
         if backend:
             _prune_batched(worker, roles, impl, layer, query, kv_cache, backend)
         else:
@@ -89,9 +89,10 @@ def _move_to_copies(worker: PlphpWorker, roles, gid: int, kv_cache: torch.Tensor
         kv_cache[dst] = kv_cache[old.to(device=kv_cache.device, dtype=torch.long)]
 
 
-def _batched(worker: PlphpWorker, roles, kv_cache: torch.Tensor) -> str | None:
+def _batched(worker: PlphpWorker, roles, impl, query: torch.Tensor, kv_cache: torch.Tensor) -> str | None:
     """Which batched path the layer takes: "triton" (CUDA, or worker.kernels ==
-    "triton"; fp16/bf16/fp32 caches), "torch" (elsewhere, fp8 caches), or
+    "triton"; fp16/bf16/fp32 caches), "c" (vLLM's CPU_ATTN cache, float32 /
+    bfloat16, kernels "auto", the C kernel built), "torch" (elsewhere, fp8 caches), or
     None (the per-request path: not every target is a PLPHP layer that scores
     and prunes with per-head rankings and one GQA reduction)."""
     if any(policy.name != "plphp" or not (score and prune) for _, policy, score, prune in roles):
@@ -100,6 +101,9 @@ def _batched(worker: PlphpWorker, roles, kv_cache: torch.Tensor) -> str | None:
         return None
     if not all(t.config.per_head for t, *_ in roles):  # the shared-ranking ablation
         return None
+    if worker.kernels is None and impl.kv_layout == "cpu" \
+            and cpu_kernel.supports(kv_cache, getattr(impl, "kv_cache_dtype", "auto"), query.shape[1]):
+        return "c"
     if worker.kernels == "torch" or (worker.kernels is None and not kv_cache.is_cuda):
         return "torch"
     if kv_cache.element_size() == 1:  # fp8 (stored as uint8 or float8)
@@ -131,24 +135,21 @@ def _prune_batched(worker: PlphpWorker, roles, impl, layer, query, kv_cache, bac
     queries = query.index_select(0, query_rows)
     table = worker.adapter.block_table(gid, rows)
     reduce = targets[0].config.gqa_reduce
-    if backend == "torch":
+    if backend in ("torch", "c"):
         if impl.kv_layout == "cpu" and layer.isa not in kv_layout.CPU_ISAS:
             kv_layout.cpu_views(kv_cache, layer.isa)  # refuses the ISA
         shape = (kv_cache.shape[2], kv_cache.shape[1])  # block size, KV heads
         layout = layouts.get(shape)
         if layout is None:
             layout = layouts[shape] = batched.make_layout(plan, *shape)
+    if backend == "c":
+        if layout.cpu is None:
+            layout.cpu = cpu_kernel.make_cpu_plan(plan)
+        ids = table.gather(1, layout.cols).long()
+        result = cpu_kernel.prune_layer_(queries, kv_cache, ids, layout, impl.scale, reduce, **common)
+    elif backend == "torch":
         kv_cache_dtype = getattr(impl, "kv_cache_dtype", "auto")
         k_scale = layer._k_scale_float if kv_cache_dtype in kv_layout.FP8_DTYPES else 1.0
-        if impl.kv_layout == "cpu" and worker.kernels is None \
-                and cpu_kernel.supports(kv_cache, kv_cache_dtype, queries.shape[1]):
-            cp = layouts.get("cpu kernel")
-            if cp is None:
-                cp = layouts["cpu kernel"] = cpu_kernel.make_cpu_plan(plan)
-            ids = table.gather(1, layout.cols).long()
-            result = cpu_kernel.prune_layer_(queries, kv_cache, ids, cp, shape[0], impl.scale, reduce, **common)
-            step.pending.append((gid, layer_idx, targets, result))
-            return
         with batched.one_thread(kv_cache):
             result = batched.prune_layer_(queries, kv_cache, impl.kv_layout, table, plan, layout,
                                           impl.scale, reduce, kv_cache_dtype=kv_cache_dtype,

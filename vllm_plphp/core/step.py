@@ -32,7 +32,7 @@ class StepContext:
     # req_id -> number of layers pruned in this step (the never-silent check)
     layers_pruned: dict[str, int] = field(default_factory=dict)
     # batched path: (req ids, BatchPlan, rows, query rows, {(block size,
-    # KV heads): DenseLayout} (torch path)) of the step,
+    # KV heads): DenseLayout} (CPU paths: torch ops and the C kernel)) of the step,
     # and (group, layer, targets, LayerResult) per layer until `commit_pending`
     batch: tuple | None = None
     pending: list = field(default_factory=list)

@@ -151,9 +151,14 @@ def layer_rates(gamma: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
     """r_l per request on the device: `PlphpConfig.layer_rate` in float64."""
     if plan.rate_params is None:
         raise ValueError("make_plan(..., configs=...) is needed for device-side rates")
-    r, dr, alpha, beta = plan.rate_params.unbind(1)
-    g = gamma.to(torch.float64)
-    return torch.where(g >= alpha, r + dr, torch.where(g < beta, r - dr, r))
+    return rate_rule(torch, gamma.to(torch.float64), plan.rate_params)
+
+
+def rate_rule(xp, gamma, params):
+    """r_l per request from gamma_l (B,) float64 and params (B, 4) float64
+    (r, delta_r, alpha, beta), as arrays of module `xp` (torch or numpy)."""
+    r, dr, alpha, beta = (params[:, i] for i in range(4))
+    return xp.where(gamma >= alpha, r + dr, xp.where(gamma < beta, r - dr, r))
 
 
 @dataclass

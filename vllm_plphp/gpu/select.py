@@ -164,12 +164,17 @@ def select_kept_batched(
     return _select(scores, plan, kt, kmax, max(lengths, default=0)), lengths
 
 
+def kept_rule(xp, rates, sizes):
+    """K_j for rates (B,) and image sizes (B, J), both float64, as arrays of
+    module `xp` (torch or numpy): the arithmetic of `scoring.num_kept`
+    (floor(rate * S + 1e-6), >= 1, <= S), float64 result."""
+    return xp.minimum(xp.clip(xp.floor(rates[:, None] * sizes + 1e-6), 1.0, None), sizes)
+
+
 def kept_counts_device(plan: BatchPlan, rates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Device rates (B,) float64 -> K (B, J) long and L (B,) long, the same
-    arithmetic as `scoring.num_kept` (float64, floor(rate * S + 1e-6), >= 1, <= S)."""
+    """Device rates (B,) float64 -> K (B, J) long and L (B,) long (`kept_rule`)."""
     sizes = plan.sizes_dev
-    k = torch.floor(rates.to(torch.float64)[:, None] * sizes + 1e-6).clamp_(min=1.0)
-    k = torch.minimum(k, sizes).long()
+    k = kept_rule(torch, rates.to(torch.float64), sizes).long()
     lengths = plan.total_lens_dev - (sizes.long() - k).sum(dim=1)
     return k, lengths
 

@@ -161,8 +161,9 @@ def test_c_kernel_ties_go_to_the_lower_position():
     values[:] = torch.arange(4 * 2 * 8, dtype=torch.float32).view(4, 2, 8, 1)  # tell entries apart
     ids = torch.tensor([[3, 0, 2, 1]])
     order = {p: values[ids[0, p // 8], :, p % 8, 0].clone() for p in range(30)}
-    result = cpu_kernel.prune_layer_(torch.randn(1, 4, 16), kv, ids, cpu_kernel.make_cpu_plan(plan), 8,
-                                     0.25, return_keep=True)
+    layout = batched.make_layout(plan, 8, 2)
+    layout.cpu = cpu_kernel.make_cpu_plan(plan)
+    result = cpu_kernel.prune_layer_(torch.randn(1, 4, 16), kv, ids, layout, 0.25, return_keep=True)
     kept = [0, 1, 2, 3, 4, 14, 15, 16, 17, 18, 28, 29]  # K_j = 3 of 12 per image
     assert result.lengths.tolist() == [len(kept)]
     assert result.keep[0, :, : len(kept)].tolist() == [kept, kept]
