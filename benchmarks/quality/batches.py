@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from plphp_dev.quality.model import ModelSpec, pixel_values  # noqa: E402
-from plphp_dev.quality.conversations import KINDS, Conversation, make_conversation  # noqa: E402
+from plphp_dev.quality.conversations import KINDS, TRAIN_KINDS, Conversation, make_conversation  # noqa: E402
 from plphp_dev.quality.tasks import Example, prompt_text  # noqa: E402
 
 IGNORE = -100
@@ -43,8 +43,8 @@ def batch_stream(seed: int, batch_size: int, kind_weights: dict[str, float],
     batch pads only text tokens.  Depends on nothing but the arguments.
     """
     rng = random.Random(seed)
-    names = list(KINDS)
-    weights = [kind_weights.get(k, 1.0) for k in names]
+    names = list(TRAIN_KINDS)
+    weights = [kind_weights.get(k, 1.0 if k in KINDS else 0.0) for k in names]
     counters = dict.fromkeys(names, 0)
     buckets: dict[int, list[Conversation]] = {}
     while True:

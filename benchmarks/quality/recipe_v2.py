@@ -61,6 +61,19 @@ standard llava-hf CLIP + MLP projector + Llama, loadable by vLLM unchanged)
    of score - chance) is kept.  The test split is only evaluated at the end,
    on the selected checkpoint, and never selects anything.
 
+7. Stage 3 (added after stage-2 step 1300; ``train.V2_STAGE3``): ``differ``
+   ("Which image has a red circle?") stayed at chance (0.43-0.55 on
+   validation from step 100 to 1300) while ``compare`` reached 1.0.  On 200
+   fresh differ prompts (step-1300 checkpoint) it was 0.59 even when the
+   other image had neither the colour nor the shape: the model finds the
+   object but not which image it is in.  Stage 3 continues from the stage-2
+   end state on a new conversation stream with more ``differ`` and the
+   training-only ``ordinal`` kind (``conversations._ordinal``: "Describe the
+   second image.", "How many objects are in the first image?", "Which image
+   has a red object?"), which name images by place or ask for the place.
+   Checkpoints are selected on validation by the number of tasks at least
+   0.2 above chance, then ``val_metric``.
+
 Measured in short vision-only runs (1 thread, shared CPU, 100-200 steps of
 32 scenes, probe accuracy colour/shape/row/column):
 default init + v1 loss 0.98/0.23/0.33/0.35; default init + balanced loss
@@ -80,7 +93,7 @@ import torch
 
 from batches import COL_WORDS, ROW_WORDS, encode  # benchmarks/quality is sys.path[0]
 from plphp_dev.quality import conversations
-from plphp_dev.quality.conversations import KINDS, make_conversation
+from plphp_dev.quality.conversations import KINDS, TRAIN_KINDS, make_conversation
 from plphp_dev.quality.model import ModelSpec, pixel_values
 from plphp_dev.quality.scenes import COLOR_NAMES, SHAPES, random_scene, render
 from plphp_dev.quality.tasks import TASKS, chance_score, make_examples, score
@@ -203,8 +216,8 @@ class ConvStream:
     def __init__(self, seed: int, batch_size: int, kind_weights: dict[str, float], image_size: int = 96):
         self.seed, self.batch_size, self.image_size = seed, batch_size, image_size
         self.rng = random.Random(seed)
-        self.names = list(KINDS)
-        self.weights = [kind_weights.get(k, 1.0) for k in self.names]
+        self.names = list(TRAIN_KINDS)
+        self.weights = [kind_weights.get(k, 1.0 if k in KINDS else 0.0) for k in self.names]
         self.counters = dict.fromkeys(self.names, 0)
         self.buckets: dict[int, list[tuple[str, int]]] = {}
         self.consumed = 0

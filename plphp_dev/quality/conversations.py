@@ -11,6 +11,13 @@ random order), ``caption`` (one turn), ``differ`` (the ``differ`` scenes plus
 a second differ question and, for 2 images with different counts, compare),
 ``spot`` (spot, then which image has the old / the new object),
 ``compare`` (compare plus up to two differ questions).
+``ordinal`` (training only, not in ``KINDS``; recipe v2's stage 3): 2-3
+scenes and questions that name an image by its place or ask for it --
+"Describe the second image.", "How many objects are in the first image?",
+"Which image has a red object?" (a colour in one image only), and a differ
+question -- so the model learns which image a vision token belongs to
+(``differ`` stayed at chance through stage 2, even with no decoy in the
+other image).
 Seeded like ``tasks``: ``random.Random(f"conv/{split}/{seed}/{kind}/{index}")``.
 """
 
@@ -27,6 +34,7 @@ from .tasks import (
     caption_qa,
     color_qa,
     compare_qa,
+    ORDINALS,
     compare_scenes,
     count_qa,
     differ_qa,
@@ -38,6 +46,7 @@ from .tasks import (
 )
 
 KINDS = ("single", "caption", "differ", "spot", "compare")
+TRAIN_KINDS = KINDS + ("ordinal",)  # a stream weighs a kind missing from its weights 1 if in KINDS, else 0
 
 
 @dataclass
@@ -115,14 +124,31 @@ def _compare(rng: random.Random):
     return scenes, turns
 
 
+def _ordinal(rng: random.Random):
+    n = rng.choice((2, 2, 3))
+    scenes = [random_scene(rng) for _ in range(n)]
+    k = rng.randrange(n)
+    turns = [(f"Describe the {ORDINALS[k]} image.", caption_qa(scenes[k])[1])]
+    k = rng.randrange(n)
+    turns.append((f"How many objects are in the {ORDINALS[k]} image?", count_qa(scenes[k])[1]))
+    colours = [(i, o.color) for i, s in enumerate(scenes) for o in s.objects
+               if sum(o.color in {x.color for x in t.objects} for t in scenes) == 1]
+    if colours:
+        i, c = rng.choice(colours)
+        turns.append((f"Which image has a {c} object?", f"The {ORDINALS[i]} image has it."))
+    turns += _extra_differ(rng, scenes)
+    rng.shuffle(turns)
+    return scenes, turns
+
+
 _MAKERS = {"single": _single, "caption": _caption, "differ": _differ, "spot": _spot,
-           "compare": _compare}
+           "compare": _compare, "ordinal": _ordinal}
 
 
 def make_conversation(kind: str, split: str, index: int, seed: int | None = None,
                       image_size: int = IMAGE_SIZE) -> Conversation:
     if kind not in _MAKERS:
-        raise ValueError(f"unknown kind {kind!r}; choose from {KINDS}")
+        raise ValueError(f"unknown kind {kind!r}; choose from {TRAIN_KINDS}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
     rng = random.Random(f"conv/{split}/{seed or 0}/{kind}/{index}")
