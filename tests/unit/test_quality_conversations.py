@@ -1,0 +1,47 @@
+"""Training conversations of the quality model: the training-only ``ordinal``
+kind answers from its scenes, and a stream without it in its weights never
+draws it (recipe v2's stage-2 stream is unchanged by its existence)."""
+
+import re
+
+from plphp_dev.quality import conversations as conv
+from plphp_dev.quality.scenes import NUMBER_WORDS
+from plphp_dev.quality.tasks import ORDINALS
+
+
+def test_ordinal_answers_follow_the_scenes():
+    seen = set()
+    for i in range(60):
+        c = conv.make_conversation("ordinal", "train", i, seed=1000)
+        assert 2 <= len(c.images) <= 3 and len(c.scenes) == len(c.images)
+        for q, a in c.turns:
+            if m := re.fullmatch(r"Describe the (\w+) image\.", q):
+                assert a == c.scenes[ORDINALS.index(m[1])].caption()
+                seen.add("describe")
+            elif m := re.fullmatch(r"How many objects are in the (\w+) image\?", q):
+                n = len(c.scenes[ORDINALS.index(m[1])].objects)
+                assert NUMBER_WORDS[n] in a.split()
+                seen.add("count")
+            elif m := re.fullmatch(r"Which image has a (\w+) object\?", q):
+                having = [k for k, s in enumerate(c.scenes) if any(o.color == m[1] for o in s.objects)]
+                assert len(having) == 1 and a == f"The {ORDINALS[having[0]]} image has it."
+                seen.add("colour")
+            else:
+                m = re.fullmatch(r"Which image has a (\w+) (\w+)\?", q)
+                having = [k for k, s in enumerate(c.scenes) if s.find(m[1], m[2]) is not None]
+                assert len(having) == 1 and a == f"The {ORDINALS[having[0]]} image has it."
+                seen.add("differ")
+    assert seen == {"describe", "count", "colour", "differ"}
+
+
+def test_streams_draw_ordinal_only_when_weighted():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "quality"))
+    from recipe_v2 import ConvStream
+
+    without = ConvStream(0, 4, {"single": 3.0, "caption": 1.5, "differ": 1.0, "spot": 1.0, "compare": 0.5})
+    kinds = {k for _ in range(40) for k, _ in without._next_keys()}
+    assert "ordinal" not in kinds and {"single", "differ"} <= kinds
+    with_it = ConvStream(0, 4, {"ordinal": 5.0})
+    assert any(k == "ordinal" for _ in range(10) for k, _ in with_it._next_keys())
