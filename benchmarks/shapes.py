@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+VIDEO_SIZE = (224, 224)  # plphp_dev.fixtures.videos.VIDEO_SIZE (not imported: it pulls in the fixtures)
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -28,7 +30,12 @@ class Shape:
 
     @property
     def limit_mm(self) -> dict:
-        return {"image": max(self.images, 1), "video": 1 if self.frames else 0}
+        """vLLM's `limit_mm_per_prompt`. The video entry also sizes the dummy
+        video vLLM profiles at start-up to this shape's real video: left to
+        the model's maximum, that profiling had not finished after 4 minutes
+        on the 2-core machine."""
+        video = {"count": 1, "num_frames": self.frames, "width": VIDEO_SIZE[1], "height": VIDEO_SIZE[0]}
+        return {"image": max(self.images, 1), "video": video if self.frames else 0}
 
     @property
     def max_model_len(self) -> int:

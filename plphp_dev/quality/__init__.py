@@ -26,10 +26,13 @@ from .tasks import (
 )
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
+# recipe v2 (issue 30, ``benchmarks/quality/train.py --recipe v2``): the model that reads its pictures
+MODEL_V2_DIR = Path(__file__).resolve().parent / "model_v2"
 
 __all__ = [
     "IMAGE_TOKEN",
     "MODEL_DIR",
+    "MODEL_V2_DIR",
     "MAX_IMAGES",
     "MULTI_IMAGE_TASKS",
     "TASKS",

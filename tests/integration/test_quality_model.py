@@ -1,10 +1,11 @@
-"""The committed quality model (plphp_dev/quality/model) through vLLM.
+"""The committed quality models (plphp_dev/quality/model and model_v2) through vLLM.
 
 It must really read its images (blinding its decode steps with VTW at K=0
 costs a large part of its score), PLPHP at the default setting must prune and
 keep most of the stock score, and PLPHP / FastV must equal the HF reference
 token for token on this trained model, whose attention is peaked rather than
-random. One stock and one PLPHP engine for the module.
+random. One PLPHP engine per model; its stock answers are the same engine's
+with every request opted out (PLPHP's impl then runs vLLM's untouched).
 """
 
 from collections import Counter
@@ -13,18 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from plphp_dev.quality import MODEL_DIR
+from plphp_dev.quality import MODEL_DIR, MODEL_V2_DIR
 from tests.conftest import make_inprocess_llm
 from vllm_plphp.config import PlphpConfig
 
-MODEL = MODEL_DIR
+MODELS = {"v1": MODEL_DIR, "v2": MODEL_V2_DIR}
 N_PER_TASK = 10
 REF_PER_TASK = 3  # examples per task checked against the HF reference, per policy
 MAX_REF_TOKENS = 40  # whole answers (captions run to ~30 tokens)
 EXACT = ("color", "shape", "count", "position", "differ", "spot", "compare")
-
-pytestmark = pytest.mark.skipif(not (MODEL / "config.json").is_file(),
-                                reason="plphp_dev/quality/model is not in this checkout")
 
 
 def _params(override, max_tokens=24):
@@ -35,16 +33,15 @@ def _params(override, max_tokens=24):
 
 
 class Runs:
-    def __init__(self):
+    def __init__(self, name: str):
         from plphp_dev.quality.tasks import make_examples, vllm_inputs
 
+        self.name, self.model = name, MODELS[name]
         self.examples = make_examples("test", N_PER_TASK, 0)
         self.inputs = [vllm_inputs(ex) for ex in self.examples]
         kw = dict(max_model_len=1024, limit_mm_per_prompt={"image": 3})
-        stock = make_inprocess_llm(str(MODEL), **kw)
-        self.stock = stock.generate(self.inputs, _params(None), use_tqdm=False)
-        stock.llm_engine.engine_core.shutdown()
-        self.llm = make_inprocess_llm(str(MODEL), "plphp", **kw)
+        self.llm = make_inprocess_llm(str(self.model), "plphp", **kw)
+        self.stock = self.llm.generate(self.inputs, _params(False), use_tqdm=False)
 
     def run(self, override):
         outs = self.llm.generate(self.inputs, _params(override), use_tqdm=False)
@@ -58,9 +55,12 @@ class Runs:
         return sum(score(ex.task, o.outputs[0].text.strip(), ex.answer) for ex, o in pairs) / len(pairs)
 
 
-@pytest.fixture(scope="module")
-def runs():
-    r = Runs()
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def runs(request):
+    model = MODELS[request.param]
+    if not (model / "config.json").is_file():
+        pytest.skip(f"{model} is not in this checkout")
+    r = Runs(request.param)
     yield r
     r.llm.llm_engine.engine_core.shutdown()
 
@@ -92,10 +92,10 @@ def test_plphp_default_prunes_and_keeps_most_of_the_score(runs, blind):
 
 
 @pytest.fixture(scope="module")
-def reference():
+def reference(runs):
     from plphp_dev.reference import ReferenceModel
 
-    return ReferenceModel(str(MODEL))
+    return ReferenceModel(str(runs.model))
 
 
 def _keep_maps_by_layer(runs, picks, override, layers):
@@ -169,6 +169,7 @@ def test_per_head_off_ablation_shares_the_kept_tokens(runs):
 
 
 CHAT_PER_KIND = 3
+MIN_RULED = {"v1": 3, "v2": 1}
 
 
 def test_chat_prompts_layer_rule_equals_reference(runs, reference):
@@ -176,8 +177,10 @@ def test_chat_prompts_layer_rule_equals_reference(runs, reference):
     where the trained model's vision share gamma_l falls below alpha in some
     layers so the layer rule gives balanced / indifferent rates: answers, and
     per pruned layer the category, rate and kept length, equal the HF
-    reference's; at least three requests have a non-attentive layer (so the
-    rule is exercised, not just the uniform top-k)."""
+    reference's; some requests have a non-attentive layer (so the rule is
+    exercised, not just the uniform top-k): at least three with the v1 model,
+    one with v2, which reads its images in nearly every layer (2 of 24 of these
+    prompts had a non-attentive layer at its stage-2 step 1400)."""
     from plphp_dev.quality.chat import chat_examples
 
     config = PlphpConfig()
@@ -200,4 +203,4 @@ def test_chat_prompts_layer_rule_equals_reference(runs, reference):
                 assert rec[layer]["rate"] == pytest.approx(r["rate"])
                 assert rec[layer]["kept"] == r["kept"], (ex.task, layer)
         ruled += any(config.category(r["gamma"]) != "A" for r in ref.values())
-    assert ruled >= 3, ruled
+    assert ruled >= MIN_RULED[runs.name], ruled
