@@ -1,6 +1,7 @@
-"""PLPHP layers on vLLM's CPU_ATTN cache in two C calls (`csrc/prune_cpu.c`):
-scores + gamma, then selection + in-place compaction, for every target of
-the step. Same semantics as the batched torch path (`core.batched`), which
+"""PLPHP layers on vLLM's CPU_ATTN cache in C (`csrc/prune_cpu.c`): scores +
+gamma, r_l and K_j, selection + in-place compaction, for every target of the
+step; one call per layer on one rank (`prune_layer_rows_`), two under tensor
+parallelism (`prune_layer_`: gamma is all-reduced between them). Same semantics as the batched torch path (`core.batched`), which
 stays the path for other layouts, fp8 / fp16 caches and `kernels="torch"`.
 
 Why: at one image (589 tokens) a layer's pruning in torch is ~50 small ops
@@ -66,6 +67,11 @@ def _build() -> ctypes.CDLL:
                                  ctypes.c_float, _I, _P, _P, _P]
     lib.plphp_compact.argtypes = [_P, _I, _P, _I, _I, _I, _I, _I, _L, _L, _P, _P, _P, _I, _I,
                                   _P, _P, _P, _I, _P, _I, _P, _P, _P, _P, _P]
+    lib.plphp_prune_layer.restype = ctypes.c_int
+    lib.plphp_prune_layer.argtypes = [_P, _P, _P, _L, _L, _L, _P, _P, _P, _P,
+                                      _L, _P, _I, _P, _I, _I, _I, _I, _I, _I,
+                                      _P, _P, _I, ctypes.c_float, _I, _I, _P, _P, _P, _I, _I, _P, _P, _I, _I,
+                                      _P, _P, _P, _P, _P, _P, _P, _P, _P]
     return lib
 
 
@@ -110,9 +116,11 @@ class CpuPlan:
     params: np.ndarray  # (B, 4) float64: r, delta_r, alpha, beta
     lbound: int
     smax: int
+    query_rows: np.ndarray | None = None  # (B,) int64: each target's row in the step's queries
+    layer_args: tuple | None = None  # (key, `_step_args`) of the step's first pruned layer
 
 
-def make_cpu_plan(plan) -> CpuPlan:
+def make_cpu_plan(plan, query_rows: torch.Tensor | None = None) -> CpuPlan:
     sizes = np.zeros((plan.batch, plan.pos.shape[1]), dtype=np.int64)
     for b, req in enumerate(plan.image_sizes):
         sizes[b, : len(req)] = req
@@ -124,7 +132,63 @@ def make_cpu_plan(plan) -> CpuPlan:
         pos=np.ascontiguousarray(plan.pos.cpu().numpy().astype(np.int64)),
         sizes=sizes, sizes_f=sizes.astype(np.float64),
         params=plan.rate_params.cpu().numpy().astype(np.float64),
-        lbound=plan.bounds()[1], smax=int(plan.pos.shape[2]))
+        lbound=plan.bounds()[1], smax=int(plan.pos.shape[2]),
+        query_rows=None if query_rows is None else np.ascontiguousarray(query_rows.cpu().numpy(), dtype=np.int64))
+
+
+def fused_inputs(query: torch.Tensor, table: torch.Tensor) -> bool:
+    """Whether `prune_layer_rows_` can read these directly: float32 queries
+    whose rows are H * D contiguous floats, an int32 block table with
+    contiguous rows."""
+    return (query.dtype == torch.float32 and query.stride(2) == 1 and query.stride(1) == query.shape[2]
+            and table.dtype == torch.int32 and table.stride(1) == 1)
+
+
+def prune_layer_rows_(query: torch.Tensor, kv_cache: torch.Tensor, table: torch.Tensor, layout,
+                      scale: float, reduce: str = "mean", return_keep: bool = False):
+    """One C call per layer, one rank: query (N, H, D) float32, the step's
+    rows (target b's last prompt token at row `layout.cpu.query_rows[b]`);
+    table (B, max_blocks) int32, each target's block table row; layout as
+    in `prune_layer_` (its `cols` pick the blocks). Same result as
+    `prune_layer_` (r_l and K_j by the same rule, written in C)."""
+    from vllm_plphp.gpu.ops import LayerResult
+
+    lib, cp = library(), layout.cpu
+    batch, hkv = len(cp.query_rows), kv_cache.shape[1]
+    key = (query.shape[1:], query.stride(0), kv_cache.shape[1:], kv_cache.element_size(), scale, reduce)
+    if cp.layer_args is None or cp.layer_args[0] != key:
+        cp.layer_args = (key, _step_args(query, kv_cache, layout, scale, reduce))
+    lengths = np.empty(batch, dtype=np.int64)
+    gammas = np.empty(batch, dtype=np.float32)
+    rates = np.empty(batch, dtype=np.float64)
+    keep = np.empty((batch, hkv, cp.lbound), dtype=np.int64) if return_keep else None
+    rc = lib.plphp_prune_layer(_ptr(query), _ptr(kv_cache), _ptr(table), table.stride(0), kv_cache.stride(0),
+                               kv_cache.stride(1), _ptr(keep) if keep is not None else None,
+                               _ptr(lengths), _ptr(gammas), _ptr(rates), *cp.layer_args[1])
+    if rc != 0:  # `supports` rules this out
+        raise ValueError(f"plphp_prune_layer: more than {MAX_GROUP} query heads per KV head")
+    return LayerResult(None if keep is None else torch.from_numpy(keep),
+                       torch.from_numpy(lengths.astype(np.int32)), torch.from_numpy(gammas),
+                       torch.from_numpy(rates))
+
+
+def _step_args(query: torch.Tensor, kv_cache: torch.Tensor, layout, scale: float, reduce: str) -> tuple:
+    """`plphp_prune_layer`'s arguments after `rates`: the same for every layer
+    of the step with these shapes (built at its first pruned layer)."""
+    cp = layout.cpu
+    batch, (_, num_heads, d), hkv = len(cp.query_rows), query.shape, kv_cache.shape[1]
+    m, bs, j = layout.cols.shape[1], layout.block_size, cp.sizes.shape[1]
+    s, tmax = m * bs, max(int(cp.tlens.max(initial=0)), 1)
+    f32, i64 = torch.float32, torch.int64
+    buf = lambda name, *shape, dtype=f32: _ptr(layout.buffer("c " + name, shape, dtype, kv_cache.device))  # noqa: E731
+    return (query.stride(0), _ptr(cp.query_rows), kv_cache.element_size(), _ptr(layout.cols),
+            batch, num_heads, hkv, d, bs, m, _ptr(cp.plens), _ptr(cp.vision), cp.vision.shape[1], scale,
+            int(reduce == "max"), num_heads, _ptr(cp.params), _ptr(cp.pos), _ptr(cp.sizes), j, cp.smax,
+            _ptr(cp.tlens), _ptr(cp.base), cp.base.shape[1], cp.lbound,
+            buf("ids", batch * m, dtype=i64), buf("queries", batch * num_heads * d), buf("kept", batch * j, dtype=i64),
+            buf("scores", batch, hkv, s), buf("work", max(s, 1) * (num_heads // hkv)),
+            buf("mask", tmax, dtype=torch.uint8), buf("top", max(cp.smax, 1)),
+            buf("kept positions", max(cp.smax, tmax), dtype=i64), buf("moves", 4 * tmax, dtype=i64))
 
 
 def _ptr(a) -> int:

@@ -132,9 +132,10 @@ def _prune_batched(worker: PlphpWorker, roles, impl, layer, query, kv_cache, bac
     tp = _tp_size()
     common = dict(num_heads_total=query.shape[1] * tp, all_reduce=_tp_all_reduce if tp > 1 else None,
                   return_keep=worker.keep_layer == layer_idx or worker.keep_all)
-    queries = query.index_select(0, query_rows)
     table = worker.adapter.block_table(gid, rows)
     reduce = targets[0].config.gqa_reduce
+    if backend != "c":
+        queries = query.index_select(0, query_rows)
     if backend in ("torch", "c"):
         if impl.kv_layout == "cpu" and layer.isa not in kv_layout.CPU_ISAS:
             kv_layout.cpu_views(kv_cache, layer.isa)  # refuses the ISA
@@ -144,9 +145,14 @@ def _prune_batched(worker: PlphpWorker, roles, impl, layer, query, kv_cache, bac
             layout = layouts[shape] = batched.make_layout(plan, *shape)
     if backend == "c":
         if layout.cpu is None:
-            layout.cpu = cpu_kernel.make_cpu_plan(plan)
-        ids = table.gather(1, layout.cols).long()
-        result = cpu_kernel.prune_layer_(queries, kv_cache, ids, layout, impl.scale, reduce, **common)
+            layout.cpu = cpu_kernel.make_cpu_plan(plan, query_rows)
+        if tp == 1 and cpu_kernel.fused_inputs(query, table):  # one C call, no torch op
+            result = cpu_kernel.prune_layer_rows_(query, kv_cache, table, layout, impl.scale, reduce,
+                                                  return_keep=common["return_keep"])
+        else:
+            ids = table.gather(1, layout.cols).long()
+            result = cpu_kernel.prune_layer_(query.index_select(0, query_rows), kv_cache, ids, layout,
+                                             impl.scale, reduce, **common)
     elif backend == "torch":
         kv_cache_dtype = getattr(impl, "kv_cache_dtype", "auto")
         k_scale = layer._k_scale_float if kv_cache_dtype in kv_layout.FP8_DTYPES else 1.0

@@ -95,16 +95,22 @@ def run(batched_path: bool, layout: str, seed: int, extra: int, kernels: str | N
     return worker.adapter.commits, records, entries, kv[others], worker.keep_maps
 
 
-@pytest.mark.parametrize("layout,kernels", [("cpu", "torch"), ("split", "torch"), ("cpu", None)])
+@pytest.mark.parametrize("layout,kernels,calls", [("cpu", "torch", None), ("split", "torch", None),
+                                                 ("cpu", None, "prune_layer_rows_"), ("cpu", None, "prune_layer_")])
 @pytest.mark.parametrize("seed,extra", [(0, 0), (1, 3)])
-def test_batched_equals_per_request(layout, kernels, seed, extra, monkeypatch):
-    """kernels None on CPU_ATTN: the C kernel (`core/cpu_kernel.py`), which must run."""
-    calls = []
-    real = cpu_kernel.prune_layer_
-    monkeypatch.setattr(cpu_kernel, "prune_layer_", lambda *a, **k: calls.append(1) or real(*a, **k))
+def test_batched_equals_per_request(layout, kernels, calls, seed, extra, monkeypatch):
+    """kernels None on CPU_ATTN: the C kernel (`core/cpu_kernel.py`), which must
+    run: in one call per layer (one rank), and in the two calls that tensor
+    parallelism takes (forced here by refusing the one-call inputs)."""
+    if calls == "prune_layer_":
+        monkeypatch.setattr(cpu_kernel, "fused_inputs", lambda *a: False)
+    seen = []
+    for name in ("prune_layer_rows_", "prune_layer_"):
+        real = getattr(cpu_kernel, name)
+        monkeypatch.setattr(cpu_kernel, name, lambda *a, _n=name, _f=real, **k: seen.append(_n) or _f(*a, **k))
     oracle = run(False, layout, seed, extra)
     ours = run(True, layout, seed, extra, kernels)
-    assert len(calls) == (kernels is None)
+    assert set(seen) == ({calls} if calls else set()) and len(seen) == (calls is not None)
     assert ours[0] == oracle[0]
     assert {r: rec.rate for r, rec in ours[1].items()} == {r: rec.rate for r, rec in oracle[1].items()}
     assert sorted(rec.rate for rec in ours[1].values()) == [0.0, 0.3, 0.6]  # I, B, A

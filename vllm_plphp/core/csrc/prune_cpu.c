@@ -191,3 +191,52 @@ void plphp_compact(void *cache, int esize, const int64_t *ids, int B, int Hkv, i
         }
     }
 }
+
+/* One pruned layer in one call, for a single rank (no all-reduce of gamma
+ * between the two steps): block ids from the block table (table rows of
+ * tstride int32, row b's columns cols[b, :M]), queries from rows qrows[b] of
+ * q (rows of qstride floats, H * D each), plphp_scores, gamma_l = gamma_sum /
+ * heads_total (float32), r_l and K_j in float64 by the rule of
+ * vllm_plphp.gpu.ops.rate_rule and gpu.select.kept_rule (params (B, 4): r,
+ * delta_r, alpha, beta), then plphp_compact. Outputs lengths, gammas, rates
+ * (B,). Scratch: ids B * M int64, qbuf B * H * D floats, kept B * J int64,
+ * and those of the two calls. Returns plphp_scores' code. The arguments
+ * after `rates` are the same for every layer of a step (the caller builds
+ * them once). */
+int plphp_prune_layer(const float *q, void *cache, const int32_t *table, int64_t tstride,
+                      int64_t sblock, int64_t shead, int64_t *keep_out, int64_t *lengths,
+                      float *gammas, double *rates,
+                      /* the same for every layer of the step: */
+                      int64_t qstride, const int64_t *qrows, int esize, const int64_t *cols,
+                      int B, int H, int Hkv, int D, int bs, int M,
+                      const int32_t *plens, const int8_t *vision, int Pmax, float scale, int reduce_max,
+                      int heads_total, const double *params, const int64_t *pos, const int64_t *sizes,
+                      int J, int Smax, const int64_t *tlens, const uint8_t *base, int Tmax, int Lbound,
+                      int64_t *ids, float *qbuf, int64_t *kept, float *scores, float *work,
+                      uint8_t *mask, float *buf, int64_t *ties, int64_t *offs) {
+    for (int b = 0; b < B; b++) {
+        for (int m = 0; m < M; m++)
+            ids[(int64_t)b * M + m] = table[(int64_t)b * tstride + cols[(int64_t)b * M + m]];
+        memcpy(qbuf + (int64_t)b * H * D, q + qrows[b] * qstride, (size_t)H * D * sizeof(float));
+    }
+    int rc = plphp_scores(qbuf, cache, esize, ids, B, H, Hkv, D, bs, M, sblock, shead, plens, vision,
+                          Pmax, scale, reduce_max, scores, gammas, work);
+    if (rc != 0) return rc;
+    for (int b = 0; b < B; b++) {
+        float g = gammas[b] / (float)heads_total;
+        gammas[b] = g;
+        const double *p = params + (int64_t)b * 4;
+        double r = (double)g >= p[2] ? p[0] + p[1] : ((double)g < p[3] ? p[0] - p[1] : p[0]);
+        rates[b] = r;
+        for (int j = 0; j < J; j++) {
+            double s = (double)sizes[(int64_t)b * J + j];
+            double k = floor(r * s + 1e-6);
+            if (k < 1.0) k = 1.0;
+            if (k > s) k = s;
+            kept[(int64_t)b * J + j] = (int64_t)k;
+        }
+    }
+    plphp_compact(cache, esize, ids, B, Hkv, D, bs, M, sblock, shead, scores, pos, sizes, J, Smax, kept,
+                  tlens, base, Tmax, keep_out, Lbound, lengths, mask, buf, ties, offs);
+    return 0;
+}
