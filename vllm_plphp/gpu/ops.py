@@ -156,7 +156,10 @@ def layer_rates(gamma: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
 
 def rate_rule(xp, gamma, params):
     """r_l per request from gamma_l (B,) float64 and params (B, 4) float64
-    (r, delta_r, alpha, beta), as arrays of module `xp` (torch or numpy)."""
+    (r, delta_r, alpha, beta), as arrays of module `xp` (torch or numpy).
+    Written once more in C (`core/csrc/prune_cpu.c`, `plphp_prune_layer`);
+    `tests/unit/core/test_batched.py` checks it against the per-request path
+    in all three categories."""
     r, dr, alpha, beta = (params[:, i] for i in range(4))
     return xp.where(gamma >= alpha, r + dr, xp.where(gamma < beta, r - dr, r))
 

@@ -167,7 +167,8 @@ def select_kept_batched(
 def kept_rule(xp, rates, sizes):
     """K_j for rates (B,) and image sizes (B, J), both float64, as arrays of
     module `xp` (torch or numpy): the arithmetic of `scoring.num_kept`
-    (floor(rate * S + 1e-6), >= 1, <= S), float64 result."""
+    (floor(rate * S + 1e-6), >= 1, <= S), float64 result. Also in C
+    (`core/csrc/prune_cpu.c`, `plphp_prune_layer`)."""
     return xp.minimum(xp.clip(xp.floor(rates[:, None] * sizes + 1e-6), 1.0, None), sizes)
 
 
