@@ -1,8 +1,10 @@
 """PLPHP layers on vLLM's CPU_ATTN cache in C (`csrc/prune_cpu.c`): scores +
 gamma, r_l and K_j, selection + in-place compaction, for every target of the
 step; one call per layer on one rank (`prune_layer_rows_`), two under tensor
-parallelism (`prune_layer_`: gamma is all-reduced between them). Same semantics as the batched torch path (`core.batched`), which
-stays the path for other layouts, fp8 / fp16 caches and `kernels="torch"`.
+parallelism or bfloat16 queries (`prune_layer_`: gamma is all-reduced
+between them). Same semantics as the batched torch path (`core.batched`),
+which stays the path for other layouts, fp8 / fp16 caches and
+`kernels="torch"`.
 
 Why: at one image (589 tokens) a layer's pruning in torch is ~50 small ops
 whose fixed cost is the whole bill (~0.8 ms per layer on one thread; issue
