@@ -73,6 +73,12 @@ standard llava-hf CLIP + MLP projector + Llama, loadable by vLLM unchanged)
    has a red object?"), which name images by place or ask for the place.
    Checkpoints are selected on validation by the number of tasks at least
    0.2 above chance, then ``val_metric``.
+8. Stage 4 (``train.V2_STAGE4``): after stage 3 the model found the image
+   (on 200 fresh 2-image differ prompts 0.72, against 0.50; 0.95 when the
+   other image had neither the colour nor the shape), but failed when the
+   other image held both near misses (0.38) and on 3 images (0.41).  Stage 4
+   adds the training-only ``binding`` kind (``conversations._binding``):
+   exactly those prompts.
 
 Measured in short vision-only runs (1 thread, shared CPU, 100-200 steps of
 32 scenes, probe accuracy colour/shape/row/column):

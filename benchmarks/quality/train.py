@@ -97,6 +97,12 @@ V2_EXTRA = dict(vision_steps=1000, vision_batch=32, vision_lr=2e-3, vision_warmu
 V2_STAGE3 = dict(ordinal_steps=500, ordinal_lr=5e-4, ordinal_warmup=50, ordinal_seed=1000)
 ORDINAL_KIND_WEIGHTS = {"single": 2.0, "caption": 1.0, "differ": 2.0, "spot": 1.0, "compare": 0.5,
                         "ordinal": 2.0}
+# Stage 4 (added after stage 3, where differ reached 0.6 on validation: the image
+# was found, but "both" near misses (0.38) and 3 images (0.41) failed): the
+# training-only "binding" kind, from the stage-3 end state.
+V2_STAGE4 = dict(binding_steps=500, binding_lr=3e-4, binding_warmup=50, binding_seed=2000)
+BINDING_KIND_WEIGHTS = {"single": 2.0, "caption": 0.5, "differ": 1.5, "spot": 1.0, "compare": 0.5,
+                        "ordinal": 1.0, "binding": 2.5}
 V2_OUT = ROOT / "plphp_dev" / "quality" / "model_v2"
 V2_STATE = ROOT / ".train_state" / "v2"
 # Measured on this repo's 2-core CPU machine (AMD EPYC, AVX2, 2 threads), see
@@ -257,14 +263,19 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     recipe = {**{k: getattr(args, k) for k in V2_DEFAULTS}, **{k: getattr(args, k) for k in V2_EXTRA},
               "kind_weights": weights, "recipe": "v2 (benchmarks/quality/recipe_v2.py)",
-              **{k: getattr(args, k) for k in V2_STAGE3}, "ordinal_kind_weights": ORDINAL_KIND_WEIGHTS}
+              **{k: getattr(args, k) for k in V2_STAGE3}, "ordinal_kind_weights": ORDINAL_KIND_WEIGHTS,
+              **{k: getattr(args, k) for k in V2_STAGE4}, "binding_kind_weights": BINDING_KIND_WEIGHTS}
     st = {"progress": {"stage": "vision", "step": 0}, "best": None, "history": [], "val": [],
           "train_s": 0.0, "init": init_info, "recipe": recipe, "commands": []}
     if args.resume and state_path.is_file():
         saved = torch.load(state_path, map_location="cpu", weights_only=False)
-        if "ordinal_steps" not in saved["recipe"]:  # saved before stage 3 existed (during stage 2)
-            assert saved["progress"]["stage"] in ("vision", "text"), saved["progress"]
-            saved["recipe"].update({k: recipe[k] for k in (*V2_STAGE3, "ordinal_kind_weights")})
+        # states saved before a later stage existed, and before it began
+        for stage, keys, before in (("ordinal", (*V2_STAGE3, "ordinal_kind_weights"), ("vision", "text")),
+                                    ("binding", (*V2_STAGE4, "binding_kind_weights"),
+                                     ("vision", "text", "ordinal"))):
+            if keys[0] not in saved["recipe"]:
+                assert saved["progress"]["stage"] in before, (stage, saved["progress"])
+                saved["recipe"].update({k: recipe[k] for k in keys})
         assert saved["recipe"] == recipe, ("recipe changed since the state was saved", saved["recipe"], recipe)
         model.load_state_dict(saved.pop("model"))
         opt_v.load_state_dict(saved.pop("opt_vision"))
@@ -412,11 +423,19 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
     if st["progress"]["stage"] in ("vision", "text"):
         if not text_stage("text", args.steps, args.lr, args.warmup, stream, args.stop_at_step):
             return
-    # stage 3: more multi-image conversations, with the ordinal kind (recipe_v2 docstring)
-    stream3 = ConvStream(args.ordinal_seed, args.batch_size, ORDINAL_KIND_WEIGHTS, spec.image_size)
-    if st["progress"]["stage"] == "ordinal":
-        stream3.skip(st["progress"]["step"])
-    text_stage("ordinal", args.ordinal_steps, args.ordinal_lr, args.ordinal_warmup, stream3)
+    # stage 3: more multi-image conversations, with the ordinal kind; stage 4: the
+    # binding kind (recipe_v2 docstring, items 7 and 8)
+    for stage, steps, lr, warmup, seed, kinds in (
+            ("ordinal", args.ordinal_steps, args.ordinal_lr, args.ordinal_warmup, args.ordinal_seed,
+             ORDINAL_KIND_WEIGHTS),
+            ("binding", args.binding_steps, args.binding_lr, args.binding_warmup, args.binding_seed,
+             BINDING_KIND_WEIGHTS)):
+        if st["progress"]["stage"] == "binding" and stage == "ordinal":
+            continue
+        later = ConvStream(seed, args.batch_size, kinds, spec.image_size)
+        if st["progress"]["stage"] == stage:
+            later.skip(st["progress"]["step"])
+        text_stage(stage, steps, lr, warmup, later)
 
     # the end: the selected (validation-best) checkpoint on the test split, reported only
     best_dir = state_dir / "best"
@@ -444,7 +463,7 @@ def main() -> None:
     for k, v in DEFAULTS.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None,
                         help=f"v1 {v}, v2 {V2_DEFAULTS[k]}")
-    for k, v in {**V2_EXTRA, **V2_STAGE3}.items():
+    for k, v in {**V2_EXTRA, **V2_STAGE3, **V2_STAGE4}.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v, help="v2 only")
     ap.add_argument("--state-dir", default=str(V2_STATE), help="v2: resumable state, val history (not in git)")
     ap.add_argument("--stop-at-step", type=int, default=0, help="v2: checkpoint and exit at this stage-2 step")

@@ -11,6 +11,9 @@ random order), ``caption`` (one turn), ``differ`` (the ``differ`` scenes plus
 a second differ question and, for 2 images with different counts, compare),
 ``spot`` (spot, then which image has the old / the new object),
 ``compare`` (compare plus up to two differ questions).
+``binding`` (training only; recipe v2's stage 4): differ questions whose
+other images hold both near misses (the colour on another shape and the
+shape in another colour), 3 images half the time.
 ``ordinal`` (training only, not in ``KINDS``; recipe v2's stage 3): 2-3
 scenes and questions that name an image by its place or ask for it --
 "Describe the second image.", "How many objects are in the first image?",
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from .scenes import IMAGE_SIZE, Scene, random_scene, render
+from .scenes import COLOR_NAMES, IMAGE_SIZE, SHAPES, Scene, random_scene, render
 from .tasks import (
     SPLITS,
     caption_qa,
@@ -46,7 +49,7 @@ from .tasks import (
 )
 
 KINDS = ("single", "caption", "differ", "spot", "compare")
-TRAIN_KINDS = KINDS + ("ordinal",)  # a stream weighs a kind missing from its weights 1 if in KINDS, else 0
+TRAIN_KINDS = KINDS + ("ordinal", "binding")  # a stream weighs a kind missing from its weights 1 if in KINDS, else 0
 
 
 @dataclass
@@ -141,8 +144,29 @@ def _ordinal(rng: random.Random):
     return scenes, turns
 
 
+def _both_decoys(rng: random.Random, color: str, shape: str) -> Scene:
+    """A scene with ``color`` on another shape and ``shape`` in another colour
+    (so never the pair itself: a scene's colours and shapes are distinct)."""
+    while True:
+        s = random_scene(rng, num_objects=rng.randint(2, 5),
+                         include=(color, rng.choice([x for x in SHAPES if x != shape])))
+        if any(o.shape == shape for o in s.objects):
+            return s
+
+
+def _binding(rng: random.Random):
+    n = rng.choice((2, 3))
+    color, shape = rng.choice(COLOR_NAMES), rng.choice(SHAPES)
+    which = rng.randrange(n)
+    scenes = [random_scene(rng, include=(color, shape)) if i == which else _both_decoys(rng, color, shape)
+              for i in range(n)]
+    turns = [differ_qa(color, shape, which)] + _extra_differ(rng, scenes, exclude={(color, shape)})
+    rng.shuffle(turns)
+    return scenes, turns
+
+
 _MAKERS = {"single": _single, "caption": _caption, "differ": _differ, "spot": _spot,
-           "compare": _compare, "ordinal": _ordinal}
+           "compare": _compare, "ordinal": _ordinal, "binding": _binding}
 
 
 def make_conversation(kind: str, split: str, index: int, seed: int | None = None,

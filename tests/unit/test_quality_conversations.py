@@ -45,3 +45,20 @@ def test_streams_draw_ordinal_only_when_weighted():
     assert "ordinal" not in kinds and {"single", "differ"} <= kinds
     with_it = ConvStream(0, 4, {"ordinal": 5.0})
     assert any(k == "ordinal" for _ in range(10) for k, _ in with_it._next_keys())
+
+
+def test_binding_decoys_hold_both_near_misses():
+    """Every differ answer is the one image with the pair; for the question
+    the conversation is built on, every other image has the colour (on
+    another shape) and the shape (in another colour)."""
+    for i in range(40):
+        c = conv.make_conversation("binding", "train", i, seed=2000)
+        built_on = 0
+        for q, a in c.turns:
+            color, shape = re.fullmatch(r"Which image has a (\w+) (\w+)\?", q).groups()
+            having = [k for k, s in enumerate(c.scenes) if s.find(color, shape) is not None]
+            assert len(having) == 1 and a == f"The {ORDINALS[having[0]]} image has it."
+            others = [s for k, s in enumerate(c.scenes) if k != having[0]]
+            built_on += all(color in {o.color for o in s.objects} and shape in {o.shape for o in s.objects}
+                            for s in others)
+        assert built_on >= 1
