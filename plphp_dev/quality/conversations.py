@@ -11,9 +11,6 @@ random order), ``caption`` (one turn), ``differ`` (the ``differ`` scenes plus
 a second differ question and, for 2 images with different counts, compare),
 ``spot`` (spot, then which image has the old / the new object),
 ``compare`` (compare plus up to two differ questions).
-``binding`` (training only; recipe v2's stage 4): differ questions whose
-other images hold both near misses (the colour on another shape and the
-shape in another colour), 3 images half the time.
 ``ordinal`` (training only, not in ``KINDS``; recipe v2's stage 3): 2-3
 scenes and questions that name an image by its place or ask for it --
 "Describe the second image.", "How many objects are in the first image?",
@@ -21,6 +18,9 @@ scenes and questions that name an image by its place or ask for it --
 question -- so the model learns which image a vision token belongs to
 (``differ`` stayed at chance through stage 2, even with no decoy in the
 other image).
+``binding`` (training only; recipe v2's stage 4): differ questions whose
+other images hold both near misses (the colour on another shape and the
+shape in another colour), 3 images half the time.
 Seeded like ``tasks``: ``random.Random(f"conv/{split}/{seed}/{kind}/{index}")``.
 """
 
