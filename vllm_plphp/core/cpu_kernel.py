@@ -174,23 +174,33 @@ def prune_layer_rows_(query: torch.Tensor, kv_cache: torch.Tensor, table: torch.
                        torch.from_numpy(rates))
 
 
+def _scratch(layout, batch: int, hkv: int, s: int, group: int, device) -> dict[str, int]:
+    """Pointers to the step's scratch buffers that both forms pass to
+    `plphp_scores` / `plphp_compact` (sizes as `prune_cpu.c` asks)."""
+    cp = layout.cpu
+    tmax = max(int(cp.tlens.max(initial=0)), 1)
+    sizes = {"scores": ((batch, hkv, s), torch.float32), "work": ((max(s, 1) * group,), torch.float32),
+             "mask": ((tmax,), torch.uint8), "top": ((max(cp.smax, 1),), torch.float32),
+             "kept positions": ((max(cp.smax, tmax),), torch.int64), "moves": ((4 * tmax,), torch.int64)}
+    return {name: _ptr(layout.buffer("c " + name, shape, dtype, device)) for name, (shape, dtype) in sizes.items()}
+
+
 def _step_args(query: torch.Tensor, kv_cache: torch.Tensor, layout, scale: float, reduce: str) -> tuple:
     """`plphp_prune_layer`'s arguments after `rates`: the same for every layer
     of the step with these shapes (built at its first pruned layer)."""
     cp = layout.cpu
     batch, (_, num_heads, d), hkv = len(cp.query_rows), query.shape, kv_cache.shape[1]
     m, bs, j = layout.cols.shape[1], layout.block_size, cp.sizes.shape[1]
-    s, tmax = m * bs, max(int(cp.tlens.max(initial=0)), 1)
-    f32, i64 = torch.float32, torch.int64
-    buf = lambda name, *shape, dtype=f32: _ptr(layout.buffer("c " + name, shape, dtype, kv_cache.device))  # noqa: E731
+    dev, i64 = kv_cache.device, torch.int64
+    sc = _scratch(layout, batch, hkv, m * bs, num_heads // hkv, dev)
     return (query.stride(0), _ptr(cp.query_rows), kv_cache.element_size(), _ptr(layout.cols),
             batch, num_heads, hkv, d, bs, m, _ptr(cp.plens), _ptr(cp.vision), cp.vision.shape[1], scale,
             int(reduce == "max"), num_heads, _ptr(cp.params), _ptr(cp.pos), _ptr(cp.sizes), j, cp.smax,
             _ptr(cp.tlens), _ptr(cp.base), cp.base.shape[1], cp.lbound,
-            buf("ids", batch * m, dtype=i64), buf("queries", batch * num_heads * d), buf("kept", batch * j, dtype=i64),
-            buf("scores", batch, hkv, s), buf("work", max(s, 1) * (num_heads // hkv)),
-            buf("mask", tmax, dtype=torch.uint8), buf("top", max(cp.smax, 1)),
-            buf("kept positions", max(cp.smax, tmax), dtype=i64), buf("moves", 4 * tmax, dtype=i64))
+            _ptr(layout.buffer("c ids", (batch * m,), i64, dev)),
+            _ptr(layout.buffer("c queries", (batch * num_heads * d,), torch.float32, dev)),
+            _ptr(layout.buffer("c kept", (batch * j,), i64, dev)),
+            sc["scores"], sc["work"], sc["mask"], sc["top"], sc["kept positions"], sc["moves"])
 
 
 def _ptr(a) -> int:
@@ -213,11 +223,7 @@ def prune_layer_(queries: torch.Tensor, kv_cache: torch.Tensor, ids: torch.Tenso
     batch, num_heads, d = queries.shape
     hkv = kv_cache.shape[1]
     m, bs = ids.shape[1], layout.block_size
-    s = m * bs
-    tmax = max(int(cp.tlens.max(initial=0)), 1)
-    f32, i64 = torch.float32, torch.int64
-    buf = lambda name, *shape, dtype=f32: layout.buffer("c " + name, shape, dtype, kv_cache.device)  # noqa: E731
-    scores = buf("scores", batch, hkv, s)
+    sc = _scratch(layout, batch, hkv, m * bs, num_heads // hkv, kv_cache.device)
     q = queries.float().contiguous()
     ids = ids.contiguous()
     esize = kv_cache.element_size()
@@ -225,8 +231,7 @@ def prune_layer_(queries: torch.Tensor, kv_cache: torch.Tensor, ids: torch.Tenso
     gamma_sum = np.empty(batch, dtype=np.float32)
     rc = lib.plphp_scores(_ptr(q), _ptr(kv_cache), esize, _ptr(ids), batch, num_heads, hkv, d, bs,
                           m, sblock, shead, _ptr(cp.plens), _ptr(cp.vision), cp.vision.shape[1], scale,
-                          int(reduce == "max"), _ptr(scores), _ptr(gamma_sum),
-                          _ptr(buf("work", max(s, 1) * (num_heads // hkv))))
+                          int(reduce == "max"), sc["scores"], _ptr(gamma_sum), sc["work"])
     if rc != 0:  # `supports` rules this out
         raise ValueError(f"plphp_scores: more than {MAX_GROUP} query heads per KV head")
     gamma = torch.from_numpy(gamma_sum)
@@ -238,12 +243,10 @@ def prune_layer_(queries: torch.Tensor, kv_cache: torch.Tensor, ids: torch.Tenso
     lengths = np.empty(batch, dtype=np.int64)
     keep = np.empty((batch, hkv, cp.lbound), dtype=np.int64) if return_keep else None
     lib.plphp_compact(_ptr(kv_cache), esize, _ptr(ids), batch, hkv, d, bs, m, sblock, shead,
-                      _ptr(scores), _ptr(cp.pos), _ptr(cp.sizes), cp.pos.shape[1], cp.smax,
+                      sc["scores"], _ptr(cp.pos), _ptr(cp.sizes), cp.pos.shape[1], cp.smax,
                       _ptr(kept), _ptr(cp.tlens), _ptr(cp.base), cp.base.shape[1],
                       _ptr(keep) if keep is not None else None, cp.lbound, _ptr(lengths),
-                      _ptr(buf("mask", tmax, dtype=torch.uint8)), _ptr(buf("top", max(cp.smax, 1))),
-                      _ptr(buf("kept positions", max(cp.smax, tmax), dtype=i64)),
-                      _ptr(buf("moves", 4 * tmax, dtype=i64)))
+                      sc["mask"], sc["top"], sc["kept positions"], sc["moves"])
     return LayerResult(None if keep is None else torch.from_numpy(keep),
                        torch.from_numpy(lengths.astype(np.int32)), torch.from_numpy(gammas),
                        torch.from_numpy(rates))

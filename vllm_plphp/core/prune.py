@@ -14,7 +14,7 @@ in one go per layer, with no host sync per layer; the kept lengths come back
 once per step (`commit_pending`). On CUDA (Triton importable, setting
 `kernels` not "torch", fp16/bf16/fp32 caches) that is one fused Triton call
 (`vllm_plphp.gpu.ops.prune_layer_batched_`); on vLLM's CPU_ATTN cache
-(float32 / bfloat16, `kernels` "auto") two C calls (`vllm_plphp.core.cpu_kernel`);
+(float32 / bfloat16, `kernels` "auto") one C call, two under tensor parallelism (`vllm_plphp.core.cpu_kernel`);
 elsewhere the same in batched torch ops (`vllm_plphp.core.batched`). FastV / VTW, mixed GQA reductions and
 per_head=False use the per-request torch path (`_prune`) everywhere.
 """

@@ -1,5 +1,6 @@
 /* PLPHP's per-layer prune work on vLLM's CPU_ATTN paged KV cache, in place:
- * two C calls per pruned layer instead of ~50 small torch ops
+ * one C call per pruned layer (plphp_prune_layer; plphp_scores then
+ * plphp_compact under tensor parallelism) instead of ~50 small torch ops
  * (vllm_plphp/core/cpu_kernel.py builds and loads this file).
  *
  * Cache: (num_blocks, Hkv, bs, 2D) elements, per (block, head) a key tile
