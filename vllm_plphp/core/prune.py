@@ -146,7 +146,7 @@ def _prune_batched(worker: PlphpWorker, roles, impl, layer, query, kv_cache, bac
     if backend == "c":
         if layout.cpu is None:
             layout.cpu = cpu_kernel.make_cpu_plan(plan, query_rows)
-        if tp == 1 and cpu_kernel.fused_inputs(query, table):  # one C call, no torch op
+        if tp == 1 and cpu_kernel.fused_inputs(query, table):  # one C call: queries and ids read in C
             result = cpu_kernel.prune_layer_rows_(query, kv_cache, table, layout, impl.scale, reduce,
                                                   return_keep=common["return_keep"])
         else:
