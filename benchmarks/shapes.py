@@ -10,9 +10,8 @@ heads, float32); the vision towers are tiny and random.
 
 `inputs(shape, seed)` is a prompt dict for `LLM.generate`; `messages(shape,
 seed)` the same request as OpenAI chat messages (images only: the video
-shape has no HTTP form here). The video shape's engine profiles a
-maximum-size video at start-up, which had not finished after 4 minutes on
-the 2-core machine (2026-12-06): no figures for it yet.
+shape has no HTTP form here). The video shape's engine profiles a dummy
+video of the shape's own size at start-up (`Shape.limit_mm`).
 """
 
 from __future__ import annotations

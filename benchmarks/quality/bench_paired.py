@@ -1,9 +1,13 @@
 """Quality of PLPHP, its two ablations, FastV and VTW on the trained model,
 with paired intervals against stock (the quality section of RESULTS.md).
 
-    nice -n 10 .venv/bin/python benchmarks/quality/bench_paired.py \\
-        [--n-plain 1200] [--n-chat 200] [--raw benchmarks/quality/paired_raw.json.gz] [--resume]
+    nice -n 10 .venv/bin/python benchmarks/quality/bench_paired.py [--model v2] \\
+        [--n-plain 1200] [--n-chat 200] [--raw benchmarks/quality/paired_raw_v2.json.gz] [--resume]
     .venv/bin/python benchmarks/quality/bench_paired.py --report-only   # tables from --raw
+
+--model picks the trained model: v2 (default, `plphp_dev/quality/model_v2`,
+recipe v2, the one that reads its pictures: issue 30) or v1 (the bundled
+quick-start model, `plphp_dev/quality/model`). Each has its own raw file.
 
 Two prompt suites, both from held-out data (split "test"):
 - plain: the task prompts (`plphp_dev.quality.tasks`), n per task;
@@ -41,8 +45,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-MODEL = ROOT / "plphp_dev" / "quality" / "model"
-RAW = HERE / "paired_raw.json.gz"
+MODELS = {"v1": ROOT / "plphp_dev" / "quality" / "model",
+          "v2": ROOT / "plphp_dev" / "quality" / "model_v2"}
+RAWS = {"v1": HERE / "paired_raw.json.gz", "v2": HERE / "paired_raw_v2.json.gz"}
+MODEL = MODELS["v2"]  # set by main() from --model
 MAX_TOKENS = 40
 
 
@@ -212,6 +218,9 @@ def load_raw(path: str) -> dict:
 def resume(raw: dict, old: dict, n_new: dict) -> None:
     """Keep `old`'s settings, cut to the first n examples of each task / kind
     (examples are seeded by index, so they are the same examples)."""
+    if old["args"].get("model", "v1") != raw["args"]["model"]:  # raw files before --model are v1's
+        raise SystemExit(f"--resume: the raw file holds model {old['args'].get('model', 'v1')}, "
+                         f"not {raw['args']['model']}")
     raw["block_size"] = old.get("block_size")
     for suite, n in n_new.items():
         n_old = old["args"][f"n_{suite}"]
@@ -236,7 +245,9 @@ def main() -> None:
     ap.add_argument("--n-plain", type=int, default=1200, help="examples per task (plain suite)")
     ap.add_argument("--n-chat", type=int, default=200, help="conversations per kind (chat suite)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--raw", default=str(RAW))
+    ap.add_argument("--model", choices=sorted(MODELS), default="v2",
+                    help="v2: the recipe-v2 model (issue 30); v1: the quick-start model")
+    ap.add_argument("--raw", default=None, help="raw figures (default: one file per --model)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--refill-records", type=int, default=0, metavar="N",
                     help="with --resume: rerun up to N examples per task whose records an earlier "
@@ -244,6 +255,9 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true",
                     help="keep the settings already in --raw (cut to the n asked) and run the rest")
     args = ap.parse_args()
+    global MODEL
+    MODEL = MODELS[args.model]
+    args.raw = args.raw or str(RAWS[args.model])
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(HERE))
     from paired_report import report

@@ -24,7 +24,7 @@ are importable by path as `vllm_plphp.worker.backend.PLPHP_<STOCK NAME>`
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import functools
 
 import torch
@@ -63,7 +63,9 @@ class PlphpBuilderMixin:
             torch.sub(cm.seq_lens[:n], step.shift[gid, :n], out=buf)
         else:
             buf.copy_(cm.seq_lens[:n])
-        return dataclasses.replace(cm, seq_lens=buf)
+        cm = copy.copy(cm)  # half the cost of dataclasses.replace, 28 times a step (issue 29)
+        cm.seq_lens = buf
+        return cm
 
     def build(self, common_prefix_len, common_attn_metadata, fast_build=False):
         cm = self.layer_seq_lens(common_attn_metadata)

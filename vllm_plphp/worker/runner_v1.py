@@ -63,8 +63,12 @@ class V1Adapter:
             step.count("requests_pruned", len(step.targets))
         if skipped:
             step.count("requests_skipped", skipped)
-        groups = len(self.runner.kv_cache_config.kv_cache_groups)
-        pruned = np.stack([self.table(g).num_pruned[:n] for g in range(groups)])
+        shared = getattr(batch.block_table, "plphp_shared", None)
+        if shared is not None:
+            pruned = shared.num_pruned[:, :n]
+        else:
+            groups = len(self.runner.kv_cache_config.kv_cache_groups)
+            pruned = np.stack([self.table(g).num_pruned[:n] for g in range(groups)])
         if pruned.any():  # one host->device copy per step, none per layer
             self.shift.zero_()
             self.shift[:, :n].copy_(torch.from_numpy(pruned))
