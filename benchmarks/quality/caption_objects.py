@@ -1,6 +1,11 @@
 """Which objects' patches each policy keeps, and which objects a caption leaves out.
 
-    nice -n 10 .venv/bin/python benchmarks/quality/caption_objects.py [--n 200]
+    nice -n 10 .venv/bin/python benchmarks/quality/caption_objects.py [--n 200] \\
+        [--task caption|count] [--model v1|v2]
+
+`--task count` does the same for the count task under stock and PLPHP at
+r = 0.3 / 0.4 / 0.5 (issue 30's count-versus-r question); there "objects
+listed" is the number the answer says. `--model v2` reads the recipe-v2 model.
 
 The quality benchmark found that PLPHP's captions name about one object fewer
 than the scene holds while FastV K=2 R=0.75's name more (RESULTS.md, "Caption
@@ -54,38 +59,53 @@ def object_patches(scene, size: int) -> list[np.ndarray]:
     return [np.nonzero((per_patch == i + 1).any(axis=1))[0] for i in range(len(scene.objects))]
 
 
-def caption_scene(index: int, seed: int = 0):
+COUNT_SETTINGS = {"plphp r=0.3": {"policy": "plphp", "r": 0.3}, "plphp r=0.5": {"policy": "plphp", "r": 0.5}}
+
+
+def task_scene(task: str, index: int, seed: int = 0):
     from plphp_dev.quality import tasks
 
-    rng = random.Random(f"test/{seed}/caption/{index}")
-    scenes, _, answer = tasks._MAKERS["caption"](rng)
+    rng = random.Random(f"test/{seed}/{task}/{index}")
+    scenes, _, answer = tasks._MAKERS[task](rng)
     return scenes[0], answer
 
 
-def listed(text: str) -> int:
-    """Objects a caption lists: its " and "-joined clauses."""
+def listed(text: str, task: str = "caption") -> int:
+    """Objects a caption lists (its " and "-joined clauses), or the number a
+    count answer says (-1: none)."""
+    if task == "count":
+        from plphp_dev.quality.scenes import NUMBER_WORDS
+
+        words = text.lower().replace(".", " ").split()
+        return next((n for n, w in enumerate(NUMBER_WORDS) if w in words), -1)
     return text.count(" and ") + 1 if text.strip() else 0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=200, help="held-out caption examples")
+    ap.add_argument("--n", type=int, default=200, help="held-out examples")
+    ap.add_argument("--task", choices=("caption", "count"), default="caption")
+    ap.add_argument("--model", choices=("v1", "v2"), default="v1")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from plphp_dev.quality import MODEL_DIR
+    from plphp_dev.quality import MODEL_DIR, MODEL_V2_DIR
     from plphp_dev.quality.tasks import make_examples, prompt_text
     from plphp_dev.reference import ReferenceModel
 
-    ref = ReferenceModel(str(MODEL_DIR))
+    ref = ReferenceModel(str(MODEL_V2_DIR if args.model == "v2" else MODEL_DIR))
     tok = ref.processor.tokenizer
     ref.model.generation_config.eos_token_id = tok.eos_token_id  # stop at the answer's end
-    examples = make_examples("test", args.n, 0, tasks=("caption",))
+    examples = make_examples("test", args.n, 0, tasks=(args.task,))
+    settings = SETTINGS
+    if args.task == "count":  # stock and PLPHP at its three rates
+        both = {**SETTINGS, **COUNT_SETTINGS}
+        settings = {n: both[n] for n in ("stock", "plphp r=0.3", "plphp r=0.4", "plphp r=0.5")}
     size = examples[0].images[0].size[0]
     rows = {}
-    for name, cfg in SETTINGS.items():
+    for name, cfg in settings.items():
         share, lost, bg, said_n, truth_n, per_example = [], [], [], [], [], []
         for i, ex in enumerate(examples):
-            scene, answer = caption_scene(i)
+            scene, answer = task_scene(args.task, i)
             assert answer == ex.answer
             tokens, _ = ref.generate(prompt_text(ex), ex.images, 40, cfg)
             text = tok.decode(tokens[: tokens.index(tok.eos_token_id)] if tok.eos_token_id in tokens
@@ -101,7 +121,7 @@ def main() -> None:
                 background = np.setdiff1d(np.arange(keep.shape[2]), np.concatenate(patches))
                 bg.append(float(keep[:, :, background].mean()))
             share.extend(obj_share.tolist())
-            said_n.append(listed(text))
+            said_n.append(listed(text, args.task))
             truth_n.append(len(scene.objects))
             per_example.append(float(obj_share.mean()))
         said, truth, per_example = np.array(said_n), np.array(truth_n), np.array(per_example)
@@ -112,10 +132,11 @@ def main() -> None:
             share_fewer=per_example[fewer].mean() if fewer.any() else float("nan"),
             share_rest=per_example[~fewer].mean() if (~fewer).any() else float("nan"))
         print(f"[{name}] done", file=sys.stderr, flush=True)
-    print(f"\n{args.n} held-out caption examples (split test, seed 0), HF reference, greedy, 40 tokens\n")
+    print(f"\n{args.n} held-out {args.task} examples (split test, seed 0), model {args.model}, "
+          "HF reference, greedy, 40 tokens\n")
     print("| setting | object patches kept | background patches kept | (object, layer, head) lost whole "
-          "| objects listed / in scene | captions listing fewer | more "
-          "| object patches kept: captions listing fewer / the others |")
+          "| objects listed / in scene | answers listing fewer | more "
+          "| object patches kept: answers listing fewer / the others |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['share']:.3f} | {r['bg']:.3f} | {r['lost']:.3f} | {r['said']:.2f} / "
