@@ -74,10 +74,9 @@ def listed(text: str, task: str = "caption") -> int:
     """Objects a caption lists (its " and "-joined clauses), or the number a
     count answer says (-1: none)."""
     if task == "count":
-        from plphp_dev.quality.scenes import NUMBER_WORDS
+        from count_by_objects import said
 
-        words = text.lower().replace(".", " ").split()
-        return next((n for n, w in enumerate(NUMBER_WORDS) if w in words), -1)
+        return said(text)
     return text.count(" and ") + 1 if text.strip() else 0
 
 
