@@ -81,8 +81,8 @@ from plphp_dev.quality import MODEL_DIR
 from eval_hf import evaluate, format_table
 from plphp_dev.quality.model import ModelSpec, build_tokenizer, load_checkpoint, new_model, save_checkpoint
 from plphp_dev.quality.conversations import KINDS
-from plphp_dev.quality.tasks import TASKS, chance_score
-from recipe_v2 import tag_aux_loss
+from plphp_dev.quality.tasks import TASKS, chance_score, make_examples
+from recipe_v2 import VAL_SEED, tag_aux_loss
 
 DEFAULTS = dict(steps=550, batch_size=32, lr=1e-3, warmup=100, seed=0, aux_weight=3.0, aux_position=0)
 KIND_WEIGHTS = {"single": 2.0, "caption": 1.5, "differ": 1.0, "spot": 1.0, "compare": 1.0}
@@ -103,6 +103,14 @@ ORDINAL_KIND_WEIGHTS = {"single": 2.0, "caption": 1.0, "differ": 2.0, "spot": 1.
 V2_STAGE4 = dict(binding_steps=500, binding_lr=3e-4, binding_warmup=50, binding_seed=2000)
 BINDING_KIND_WEIGHTS = {"single": 2.0, "caption": 0.5, "differ": 1.5, "spot": 1.0, "compare": 0.5,
                         "ordinal": 1.0, "binding": 2.5}
+# Stage 5 (added after stage-4 step 300, where differ was still at chance whenever
+# another image held the pair's colour: the model found the image by colour alone;
+# recipe_v2 docstring, item 9): stage 4 ends at binding_stop, then the training-only
+# "lookup" kind; its checkpoints are scored with lookup_val_differ differ prompts.
+V2_STAGE5 = dict(lookup_steps=300, lookup_lr=5e-4, lookup_warmup=30, lookup_seed=3000, binding_stop=300,
+                 lookup_val_differ=300)
+LOOKUP_KIND_WEIGHTS = {"single": 2.0, "caption": 0.5, "differ": 1.5, "spot": 1.0, "compare": 0.5,
+                       "ordinal": 0.5, "binding": 1.5, "lookup": 3.0}
 V2_OUT = ROOT / "plphp_dev" / "quality" / "model_v2"
 V2_STATE = ROOT / ".train_state" / "v2"
 # Measured on this repo's 2-core CPU machine (AMD EPYC, AVX2, 2 threads), see
@@ -264,7 +272,8 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
     recipe = {**{k: getattr(args, k) for k in V2_DEFAULTS}, **{k: getattr(args, k) for k in V2_EXTRA},
               "kind_weights": weights, "recipe": "v2 (benchmarks/quality/recipe_v2.py)",
               **{k: getattr(args, k) for k in V2_STAGE3}, "ordinal_kind_weights": ORDINAL_KIND_WEIGHTS,
-              **{k: getattr(args, k) for k in V2_STAGE4}, "binding_kind_weights": BINDING_KIND_WEIGHTS}
+              **{k: getattr(args, k) for k in V2_STAGE4}, "binding_kind_weights": BINDING_KIND_WEIGHTS,
+              **{k: getattr(args, k) for k in V2_STAGE5}, "lookup_kind_weights": LOOKUP_KIND_WEIGHTS}
     st = {"progress": {"stage": "vision", "step": 0}, "best": None, "history": [], "val": [],
           "train_s": 0.0, "init": init_info, "recipe": recipe, "commands": []}
     if args.resume and state_path.is_file():
@@ -272,7 +281,9 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
         # states saved before a later stage existed, and before it began
         for stage, keys, before in (("ordinal", (*V2_STAGE3, "ordinal_kind_weights"), ("vision", "text")),
                                     ("binding", (*V2_STAGE4, "binding_kind_weights"),
-                                     ("vision", "text", "ordinal"))):
+                                     ("vision", "text", "ordinal")),
+                                    ("lookup", (*V2_STAGE5, "lookup_kind_weights"),
+                                     ("vision", "text", "ordinal", "binding"))):
             if keys[0] not in saved["recipe"]:
                 assert saved["progress"]["stage"] in before, (stage, saved["progress"])
                 saved["recipe"].update({k: recipe[k] for k in keys})
@@ -303,6 +314,9 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
           flush=True)
 
     val = val_examples(args.val_n, spec.image_size)
+    # stage 5 scores differ on more prompts (n = 40 is +-15 points); the first 40 are val's
+    val5 = [e for e in val if e.task != "differ"] + make_examples(
+        "train", args.lookup_val_differ, seed=VAL_SEED, tasks=("differ",), image_size=spec.image_size)
     base_path = state_dir / f"baseline_val_n{args.val_n}.json"
     if base_path.is_file():
         baseline = json.load(open(base_path))
@@ -335,7 +349,7 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
 
     def checkpoint() -> None:
         t0 = time.perf_counter()
-        r = evaluate_examples(model, tokenizer, spec, val, dev)
+        r = evaluate_examples(model, tokenizer, spec, val5 if st["progress"]["stage"] == "lookup" else val, dev)
         probe = patch_probe(model, tokenizer, spec, dev)
         rec = {**st["progress"], "val": r, "probe": probe, "train_s": round(st["train_s"], 1),
                "eval_s": round(time.perf_counter() - t0, 1), "time": time.strftime("%H:%M:%S", time.gmtime())}
@@ -389,11 +403,14 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
         st["progress"] = {"stage": "text", "step": 0}
         save_state()
 
-    def text_stage(stage: str, steps: int, lr: float, warmup: int, stream, stop_at: int = 0) -> bool:
-        """Conversation steps (answer CE + aux_weight x tag loss) from ``st["progress"]``;
-        False when ``stop_at`` ended it early."""
+    def text_stage(stage: str, steps: int, lr: float, warmup: int, stream, stop_at: int = 0,
+                   end: int = 0) -> bool:
+        """Conversation steps (answer CE + aux_weight x tag loss) from ``st["progress"]``
+        to ``end`` (default ``steps``, the schedule's length); False when ``stop_at``
+        ended it early."""
         start = st["progress"]["step"] if st["progress"]["stage"] == stage else 0
-        for step in range(start, steps):
+        end = end or steps
+        for step in range(start, end):
             t0 = time.perf_counter()
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, steps, lr, warmup)
@@ -410,7 +427,7 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
                                       "aux": round(aux, 4), "images": len(convs[0].images),
                                       "train_s": round(st["train_s"], 1)})
                 print(json.dumps(st["history"][-1]), flush=True)
-            if (step + 1) % args.ckpt_every == 0 or step + 1 == steps:
+            if (step + 1) % args.ckpt_every == 0 or step + 1 == end:
                 checkpoint()
             if stop_at and step + 1 >= stop_at and step + 1 < steps:
                 if (step + 1) % args.ckpt_every:
@@ -424,18 +441,29 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
         if not text_stage("text", args.steps, args.lr, args.warmup, stream, args.stop_at_step):
             return
     # stage 3: more multi-image conversations, with the ordinal kind; stage 4: the
-    # binding kind (recipe_v2 docstring, items 7 and 8)
-    for stage, steps, lr, warmup, seed, kinds in (
-            ("ordinal", args.ordinal_steps, args.ordinal_lr, args.ordinal_warmup, args.ordinal_seed,
+    # binding kind, stopped at binding_stop; stage 5: the lookup kind (recipe_v2
+    # docstring, items 7 to 9)
+    order = ("ordinal", "binding", "lookup")
+    for stage, steps, end, lr, warmup, seed, kinds in (
+            ("ordinal", args.ordinal_steps, 0, args.ordinal_lr, args.ordinal_warmup, args.ordinal_seed,
              ORDINAL_KIND_WEIGHTS),
-            ("binding", args.binding_steps, args.binding_lr, args.binding_warmup, args.binding_seed,
-             BINDING_KIND_WEIGHTS)):
-        if st["progress"]["stage"] == "binding" and stage == "ordinal":
+            ("binding", args.binding_steps, args.binding_stop, args.binding_lr, args.binding_warmup,
+             args.binding_seed, BINDING_KIND_WEIGHTS),
+            ("lookup", args.lookup_steps, 0, args.lookup_lr, args.lookup_warmup, args.lookup_seed,
+             LOOKUP_KIND_WEIGHTS)):
+        now = st["progress"]["stage"]
+        if now in order and order.index(now) > order.index(stage):
             continue
+        if stage == "lookup" and now != "lookup":
+            # the best so far, rescored on stage 5's validation set, so checkpoints compare alike
+            prev, _ = load_checkpoint(str(state_dir / "best"), dev)
+            st["best"]["val"] = evaluate_examples(prev, tokenizer, spec, val5, dev)
+            print("best so far on stage 5's validation", json.dumps(st["best"]), flush=True)
+            del prev
         later = ConvStream(seed, args.batch_size, kinds, spec.image_size)
-        if st["progress"]["stage"] == stage:
+        if now == stage:
             later.skip(st["progress"]["step"])
-        text_stage(stage, steps, lr, warmup, later)
+        text_stage(stage, steps, lr, warmup, later, end=end)
 
     # the end: the selected (validation-best) checkpoint on the test split, reported only
     best_dir = state_dir / "best"
@@ -463,7 +491,7 @@ def main() -> None:
     for k, v in DEFAULTS.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None,
                         help=f"v1 {v}, v2 {V2_DEFAULTS[k]}")
-    for k, v in {**V2_EXTRA, **V2_STAGE3, **V2_STAGE4}.items():
+    for k, v in {**V2_EXTRA, **V2_STAGE3, **V2_STAGE4, **V2_STAGE5}.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v, help="v2 only")
     ap.add_argument("--state-dir", default=str(V2_STATE), help="v2: resumable state, val history (not in git)")
     ap.add_argument("--stop-at-step", type=int, default=0, help="v2: checkpoint and exit at this stage-2 step")

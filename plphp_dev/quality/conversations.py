@@ -21,6 +21,12 @@ other image).
 ``binding`` (training only; recipe v2's stage 4): differ questions whose
 other images hold both near misses (the colour on another shape and the
 shape in another colour), 3 images half the time.
+``lookup`` (training only; recipe v2's stage 5): differ questions whose other
+images hold the colour on other shapes and never the shape, and "Which image
+has a circle?" (a shape in one image only).  After stage 4 the model answered
+differ from the colour alone: 0.94-0.99 when another image held the shape in
+another colour, 0.40-0.49 when another image held the colour
+(``benchmarks/quality/differ_breakdown.py``, 300 validation prompts).
 Seeded like ``tasks``: ``random.Random(f"conv/{split}/{seed}/{kind}/{index}")``.
 """
 
@@ -49,7 +55,7 @@ from .tasks import (
 )
 
 KINDS = ("single", "caption", "differ", "spot", "compare")
-TRAIN_KINDS = KINDS + ("ordinal", "binding")  # a stream weighs a kind missing from its weights 1 if in KINDS, else 0
+TRAIN_KINDS = KINDS + ("ordinal", "binding", "lookup")  # a stream weighs a kind missing from its weights 1 if in KINDS, else 0
 
 
 @dataclass
@@ -165,8 +171,32 @@ def _binding(rng: random.Random):
     return scenes, turns
 
 
+def _colour_decoy(rng: random.Random, color: str, shape: str) -> Scene:
+    """A scene with ``color`` on another shape and no ``shape`` at all."""
+    while True:
+        s = random_scene(rng, include=(color, rng.choice([x for x in SHAPES if x != shape])))
+        if all(o.shape != shape for o in s.objects):
+            return s
+
+
+def _lookup(rng: random.Random):
+    n = rng.choice((2, 3))
+    color, shape = rng.choice(COLOR_NAMES), rng.choice(SHAPES)
+    which = rng.randrange(n)
+    scenes = [random_scene(rng, include=(color, shape)) if i == which else _colour_decoy(rng, color, shape)
+              for i in range(n)]
+    turns = [differ_qa(color, shape, which)]
+    alone = [(i, o.shape) for i, s in enumerate(scenes) for o in s.objects
+             if sum(o.shape in {x.shape for x in t.objects} for t in scenes) == 1 and o.shape != shape]
+    if alone:
+        i, sh = rng.choice(alone)
+        turns.append((f"Which image has a {sh}?", f"The {ORDINALS[i]} image has it."))
+    rng.shuffle(turns)
+    return scenes, turns
+
+
 _MAKERS = {"single": _single, "caption": _caption, "differ": _differ, "spot": _spot,
-           "compare": _compare, "ordinal": _ordinal, "binding": _binding}
+           "compare": _compare, "ordinal": _ordinal, "binding": _binding, "lookup": _lookup}
 
 
 def make_conversation(kind: str, split: str, index: int, seed: int | None = None,

@@ -62,3 +62,23 @@ def test_binding_decoys_hold_both_near_misses():
             built_on += all(color in {o.color for o in s.objects} and shape in {o.shape for o in s.objects}
                             for s in others)
         assert built_on >= 1
+
+
+def test_lookup_decoys_hold_the_colour_never_the_shape():
+    """The differ question's other images hold its colour (on other shapes) and
+    never its shape; a shape-only question names the one image with that shape."""
+    for i in range(40):
+        c = conv.make_conversation("lookup", "train", i, seed=3000)
+        pair = [t for t in c.turns if re.fullmatch(r"Which image has a \w+ \w+\?", t[0])]
+        assert len(pair) == 1
+        color, shape = re.fullmatch(r"Which image has a (\w+) (\w+)\?", pair[0][0]).groups()
+        having = [k for k, s in enumerate(c.scenes) if s.find(color, shape) is not None]
+        assert len(having) == 1 and pair[0][1] == f"The {ORDINALS[having[0]]} image has it."
+        for k, s in enumerate(c.scenes):
+            if k != having[0]:
+                assert color in {o.color for o in s.objects} and shape not in {o.shape for o in s.objects}
+        for q, a in c.turns:
+            m = re.fullmatch(r"Which image has a (\w+)\?", q)
+            if m:
+                with_it = [k for k, s in enumerate(c.scenes) if m[1] in {o.shape for o in s.objects}]
+                assert len(with_it) == 1 and a == f"The {ORDINALS[with_it[0]]} image has it."
