@@ -71,7 +71,7 @@ def _build() -> ctypes.CDLL:
                                   _P, _P, _P, _I, _P, _I, _P, _P, _P, _P, _P]
     lib.plphp_prune_layer.restype = ctypes.c_int
     lib.plphp_prune_layer.argtypes = [_P, _P, _P, _L, _L, _L, _P, _P, _P, _P,
-                                      _L, _P, _I, _P, _I, _I, _I, _I, _I, _I,
+                                      _L, _P, _P, _I, _P, _I, _I, _I, _I, _I, _I,
                                       _P, _P, _I, ctypes.c_float, _I, _I, _P, _P, _P, _I, _I, _P, _P, _I, _I,
                                       _P, _P, _P, _P, _P, _P, _P, _P, _P]
     return lib
@@ -119,10 +119,18 @@ class CpuPlan:
     lbound: int
     smax: int
     query_rows: np.ndarray | None = None  # (B,) int64: each target's row in the step's queries
+    table_rows: np.ndarray | None = None  # (B,) int64: each target's row in its group's block table
     layer_args: tuple | None = None  # (key, `_step_args`) of the step's first pruned layer
+    outputs: tuple | None = None  # (lengths (n, B) int64, gammas (n, B) float32, rates (n, B) float64)
+    layers_done: int = 0  # rows of `outputs` used by this step's layers
 
 
-def make_cpu_plan(plan, query_rows: torch.Tensor | None = None) -> CpuPlan:
+def _host(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else np.ascontiguousarray(t.cpu().numpy(), dtype=np.int64)
+
+
+def make_cpu_plan(plan, query_rows: torch.Tensor | None = None,
+                  table_rows: torch.Tensor | None = None) -> CpuPlan:
     sizes = np.zeros((plan.batch, plan.pos.shape[1]), dtype=np.int64)
     for b, req in enumerate(plan.image_sizes):
         sizes[b, : len(req)] = req
@@ -135,13 +143,13 @@ def make_cpu_plan(plan, query_rows: torch.Tensor | None = None) -> CpuPlan:
         sizes=sizes, sizes_f=sizes.astype(np.float64),
         params=plan.rate_params.cpu().numpy().astype(np.float64),
         lbound=plan.bounds()[1], smax=int(plan.pos.shape[2]),
-        query_rows=None if query_rows is None else np.ascontiguousarray(query_rows.cpu().numpy(), dtype=np.int64))
+        query_rows=_host(query_rows), table_rows=_host(table_rows))
 
 
 def fused_inputs(query: torch.Tensor, table: torch.Tensor) -> bool:
     """Whether `prune_layer_rows_` can read these directly: float32 queries
-    whose rows are H * D contiguous floats, an int32 block table with
-    contiguous rows."""
+    whose rows are H * D contiguous floats, an int32 block table (the
+    group's, all rows) with contiguous rows."""
     return (query.dtype == torch.float32 and query.stride(2) == 1 and query.stride(1) == query.shape[2]
             and table.dtype == torch.int32 and table.stride(1) == 1)
 
@@ -150,28 +158,42 @@ def prune_layer_rows_(query: torch.Tensor, kv_cache: torch.Tensor, table: torch.
                       scale: float, reduce: str = "mean", return_keep: bool = False):
     """One C call per layer, one rank: query (N, H, D) float32, the step's
     rows (target b's last prompt token at row `layout.cpu.query_rows[b]`);
-    table (B, max_blocks) int32, each target's block table row; layout as
-    in `prune_layer_` (its `cols` pick the blocks). Same result as
-    `prune_layer_` (r_l and K_j by the same rule, written in C)."""
+    table (R, max_blocks) int32, the KV cache group's whole block table
+    (target b's row `layout.cpu.table_rows[b]`); layout as in `prune_layer_`
+    (its `cols` pick the blocks). Same result as `prune_layer_` (r_l and K_j
+    by the same rule, written in C).
+
+    Why so few Python operations: this runs between two layers' forward
+    work, with the caches cold; each tensor method or numpy allocation
+    here cost 10-15x its warm time in the engine (issue 29: 0.11 ms of
+    Python per layer around a 0.15 ms kernel at one image). So the
+    arguments that do not change between layers are built once per step
+    (`_step_args`), the outputs are rows of per-step arrays, and the
+    result holds numpy views (`commit_pending` reads them in one go)."""
     from vllm_plphp.gpu.ops import LayerResult
 
-    lib, cp = library(), layout.cpu
-    batch, hkv = len(cp.query_rows), kv_cache.shape[1]
+    cp = layout.cpu
     key = (query.shape[1:], query.stride(0), kv_cache.shape[1:], kv_cache.element_size(), scale, reduce)
     if cp.layer_args is None or cp.layer_args[0] != key:
         cp.layer_args = (key, _step_args(query, kv_cache, layout, scale, reduce))
-    lengths = np.empty(batch, dtype=np.int64)
-    gammas = np.empty(batch, dtype=np.float32)
-    rates = np.empty(batch, dtype=np.float64)
-    keep = np.empty((batch, hkv, cp.lbound), dtype=np.int64) if return_keep else None
-    rc = lib.plphp_prune_layer(_ptr(query), _ptr(kv_cache), _ptr(table), table.stride(0), kv_cache.stride(0),
-                               kv_cache.stride(1), _ptr(keep) if keep is not None else None,
-                               _ptr(lengths), _ptr(gammas), _ptr(rates), *cp.layer_args[1])
+    batch = len(cp.query_rows)
+    if cp.outputs is None or cp.layers_done == len(cp.outputs[0]):
+        n = 2 * len(cp.outputs[0]) if cp.outputs is not None else 64
+        arrays = (np.empty((n, batch), np.int64), np.empty((n, batch), np.float32),
+                  np.empty((n, batch), np.float64))
+        cp.outputs = arrays + tuple((a.ctypes.data, a.strides[0]) for a in arrays)
+        cp.layers_done = 0
+    i = cp.layers_done
+    cp.layers_done += 1
+    lengths, gammas, rates, (lp, ls), (gp, gs), (rp, rs) = cp.outputs
+    keep = np.empty((batch, kv_cache.shape[1], cp.lbound), dtype=np.int64) if return_keep else None
+    rc = _lib.plphp_prune_layer(
+        query.data_ptr(), kv_cache.data_ptr(), table.data_ptr(), table.stride(0), kv_cache.stride(0),
+        kv_cache.stride(1), None if keep is None else keep.ctypes.data, lp + i * ls, gp + i * gs, rp + i * rs,
+        *cp.layer_args[1])
     if rc != 0:  # `supports` rules this out
         raise ValueError(f"plphp_prune_layer: more than {MAX_GROUP} query heads per KV head")
-    return LayerResult(None if keep is None else torch.from_numpy(keep),
-                       torch.from_numpy(lengths.astype(np.int32)), torch.from_numpy(gammas),
-                       torch.from_numpy(rates))
+    return LayerResult(None if keep is None else torch.from_numpy(keep), lengths[i], gammas[i], rates[i])
 
 
 def _scratch(layout, batch: int, hkv: int, s: int, group: int, device) -> dict[str, int]:
@@ -193,7 +215,7 @@ def _step_args(query: torch.Tensor, kv_cache: torch.Tensor, layout, scale: float
     m, bs, j = layout.cols.shape[1], layout.block_size, cp.sizes.shape[1]
     dev, i64 = kv_cache.device, torch.int64
     sc = _scratch(layout, batch, hkv, m * bs, num_heads // hkv, dev)
-    return (query.stride(0), _ptr(cp.query_rows), kv_cache.element_size(), _ptr(layout.cols),
+    return (query.stride(0), _ptr(cp.query_rows), _ptr(cp.table_rows), kv_cache.element_size(), _ptr(layout.cols),
             batch, num_heads, hkv, d, bs, m, _ptr(cp.plens), _ptr(cp.vision), cp.vision.shape[1], scale,
             int(reduce == "max"), num_heads, _ptr(cp.params), _ptr(cp.pos), _ptr(cp.sizes), j, cp.smax,
             _ptr(cp.tlens), _ptr(cp.base), cp.base.shape[1], cp.lbound,

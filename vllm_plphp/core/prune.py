@@ -25,6 +25,7 @@ import functools
 import logging
 import time
 
+import numpy as np
 import torch
 
 from vllm_plphp.core import batched, compaction, cpu_kernel, kv_layout, scoring
@@ -66,7 +67,7 @@ def prune_layer(worker: PlphpWorker, impl, layer, query: torch.Tensor, kv_cache:
     roles = _roles(worker, layer_position(layer.layer_name))
     if roles:
         _move_to_copies(worker, roles, worker.layer_to_group[layer.layer_name], kv_cache)
-        backend = _batched(worker, roles, impl, query, kv_cache)
+        backend = _batched(worker, roles, impl, layer, query, kv_cache)
         if backend:
             _prune_batched(worker, roles, impl, layer, query, kv_cache, backend)
         else:
@@ -89,7 +90,7 @@ def _move_to_copies(worker: PlphpWorker, roles, gid: int, kv_cache: torch.Tensor
         kv_cache[dst] = kv_cache[old.to(device=kv_cache.device, dtype=torch.long)]
 
 
-def _batched(worker: PlphpWorker, roles, impl, query: torch.Tensor, kv_cache: torch.Tensor) -> str | None:
+def _batched(worker: PlphpWorker, roles, impl, layer, query: torch.Tensor, kv_cache: torch.Tensor) -> str | None:
     """Which batched path the layer takes: "triton" (CUDA, or worker.kernels ==
     "triton"; fp16/bf16/fp32 caches), "c" (vLLM's CPU_ATTN cache, float32 /
     bfloat16, kernels "auto", the C kernel built), "torch" (elsewhere, fp8 caches), or
@@ -101,8 +102,7 @@ def _batched(worker: PlphpWorker, roles, impl, query: torch.Tensor, kv_cache: to
         return None
     if not all(t.config.per_head for t, *_ in roles):  # the shared-ranking ablation
         return None
-    if worker.kernels is None and impl.kv_layout == "cpu" \
-            and cpu_kernel.supports(kv_cache, getattr(impl, "kv_cache_dtype", "auto"), query.shape[1]):
+    if worker.kernels is None and impl.kv_layout == "cpu" and _c_supports(worker, impl, layer, query, kv_cache):
         return "c"
     if worker.kernels == "torch" or (worker.kernels is None and not kv_cache.is_cuda):
         return "torch"
@@ -113,13 +113,24 @@ def _batched(worker: PlphpWorker, roles, impl, query: torch.Tensor, kv_cache: to
     return "triton" if ops.use_triton(kv_cache, "triton" if worker.kernels == "triton" else None) else "torch"
 
 
-def _prune_batched(worker: PlphpWorker, roles, impl, layer, query, kv_cache, backend: str) -> None:
-    from vllm_plphp.gpu import make_plan, ops
+def _c_supports(worker: PlphpWorker, impl, layer, query, kv_cache) -> bool:
+    """`cpu_kernel.supports`, asked once per layer and cache tensor (it does
+    not change between steps; each check costs ~30 us between layers)."""
+    key = (layer.layer_name, kv_cache.data_ptr(), query.shape[1])
+    ok = worker.c_supported.get(key)
+    if ok is None:
+        ok = worker.c_supported[key] = cpu_kernel.supports(kv_cache, getattr(impl, "kv_cache_dtype", "auto"),
+                                                           query.shape[1])
+    return ok
 
+
+def _prune_batched(worker: PlphpWorker, roles, impl, layer, query, kv_cache, backend: str) -> None:
     step = worker.step
     targets = [t for t, *_ in roles]
     ids = [t.req_id for t in targets]
     if step.batch is None or step.batch[0] != ids:
+        from vllm_plphp.gpu import make_plan
+
         device = kv_cache.device
         plan = make_plan([t.images for t in targets], [t.prompt_len for t in targets],
                          [t.total_len for t in targets], device, configs=[t.config for t in targets])
@@ -129,13 +140,9 @@ def _prune_batched(worker: PlphpWorker, roles, impl, layer, query, kv_cache, bac
     _, plan, rows, query_rows, layouts = step.batch
     gid = worker.layer_to_group[layer.layer_name]
     layer_idx = layer_position(layer.layer_name)
-    tp = _tp_size()
-    common = dict(num_heads_total=query.shape[1] * tp, all_reduce=_tp_all_reduce if tp > 1 else None,
-                  return_keep=worker.keep_layer == layer_idx or worker.keep_all)
-    table = worker.adapter.block_table(gid, rows)
+    return_keep = worker.keep_layer == layer_idx or worker.keep_all
+    table = worker.adapter.group_table(gid)  # every row; the targets' rows are `rows`
     reduce = targets[0].config.gqa_reduce
-    if backend != "c":
-        queries = query.index_select(0, query_rows)
     if backend in ("torch", "c"):
         if impl.kv_layout == "cpu" and layer.isa not in kv_layout.CPU_ISAS:
             kv_layout.cpu_views(kv_cache, layer.isa)  # refuses the ISA
@@ -143,17 +150,28 @@ def _prune_batched(worker: PlphpWorker, roles, impl, layer, query, kv_cache, bac
         layout = layouts.get(shape)
         if layout is None:
             layout = layouts[shape] = batched.make_layout(plan, *shape)
+    tp = worker.tp_size
     if backend == "c":
         if layout.cpu is None:
-            layout.cpu = cpu_kernel.make_cpu_plan(plan, query_rows)
+            layout.cpu = cpu_kernel.make_cpu_plan(plan, query_rows, rows)
         if tp == 1 and cpu_kernel.fused_inputs(query, table):  # one C call: queries and ids read in C
             result = cpu_kernel.prune_layer_rows_(query, kv_cache, table, layout, impl.scale, reduce,
-                                                  return_keep=common["return_keep"])
+                                                  return_keep=return_keep)
         else:
-            ids = table.gather(1, layout.cols).long()
+            ids = table.index_select(0, rows).gather(1, layout.cols).long()
             result = cpu_kernel.prune_layer_(query.index_select(0, query_rows), kv_cache, ids, layout,
-                                             impl.scale, reduce, **common)
-    elif backend == "torch":
+                                             impl.scale, reduce, num_heads_total=query.shape[1] * tp,
+                                             all_reduce=_tp_all_reduce if tp > 1 else None,
+                                             return_keep=return_keep)
+        step.pending.append((gid, layer_idx, targets, result))
+        return
+    from vllm_plphp.gpu import ops
+
+    common = dict(num_heads_total=query.shape[1] * tp, all_reduce=_tp_all_reduce if tp > 1 else None,
+                  return_keep=return_keep)
+    table = table.index_select(0, rows)
+    queries = query.index_select(0, query_rows)
+    if backend == "torch":
         kv_cache_dtype = getattr(impl, "kv_cache_dtype", "auto")
         k_scale = layer._k_scale_float if kv_cache_dtype in kv_layout.FP8_DTYPES else 1.0
         with batched.one_thread(kv_cache):
@@ -174,9 +192,10 @@ def commit_pending(worker: PlphpWorker, step) -> None:
         return
     start = time.perf_counter()
     pending, step.pending = step.pending, []
-    lengths = torch.stack([r.lengths.to(torch.int64) for *_, r in pending]).cpu().tolist()
-    gammas = torch.stack([r.gammas.to(torch.float64) for *_, r in pending]).cpu().tolist()
-    rates = torch.stack([r.rates.to(torch.float64) for *_, r in pending]).cpu().tolist()
+    results = [r for *_, r in pending]
+    lengths = _on_host([r.lengths for r in results], torch.int64)
+    gammas = _on_host([r.gammas for r in results], torch.float64)
+    rates = _on_host([r.rates for r in results], torch.float64)
     for i, (gid, layer_idx, targets, result) in enumerate(pending):
         for b, target in enumerate(targets):
             kept = lengths[i][b]
@@ -186,6 +205,14 @@ def commit_pending(worker: PlphpWorker, step) -> None:
     for target in pending[-1][2]:
         _log_request(worker, target)
     worker.prune_seconds += time.perf_counter() - start
+
+
+def _on_host(values: list, dtype: torch.dtype) -> list[list]:
+    """Per-layer (B,) results as lists: numpy (the C kernel's) read directly,
+    device tensors in one copy to the host."""
+    if all(isinstance(v, np.ndarray) for v in values):
+        return np.stack(values).tolist()
+    return torch.stack([torch.as_tensor(v).to(dtype) for v in values]).cpu().tolist()
 
 
 def _commit(worker: PlphpWorker, gid: int, target, kept: int) -> None:

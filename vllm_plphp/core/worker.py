@@ -48,6 +48,9 @@ class PlphpWorker:
         # pruning kernels: None (Triton on CUDA, torch elsewhere), "torch" or "triton"
         self.kernels: str | None = None if self.config.kernels == "auto" else self.config.kernels
         self.step: StepContext | None = None
+        # (layer name, cache pointer, query heads) -> whether the C kernel takes the layer
+        self.c_supported: dict[tuple, bool] = {}
+        self._tp_size: int | None = None
         # events, stats and planned ids of finished steps not yet handed to an output
         self.outbox = StepContext()
         # pipeline parallel (vllm_plphp.worker.pipeline): the stage exchange,
@@ -67,6 +70,15 @@ class PlphpWorker:
         self.keep_maps_all: dict[str, dict[int, list]] = {}
         self.record_seq_lens = False
         self.last_seq_lens: dict[str, list[int]] = {}
+
+    @property
+    def tp_size(self) -> int:
+        """Tensor-parallel ranks (asked once: it does not change in a process)."""
+        if self._tp_size is None:
+            from vllm.distributed import get_tensor_model_parallel_world_size
+
+            self._tp_size = get_tensor_model_parallel_world_size()
+        return self._tp_size
 
     def set_groups(self, kv_cache_config) -> None:
         self.layer_to_group = {

@@ -166,7 +166,8 @@ def rate_rule(xp, gamma, params):
 
 @dataclass
 class LayerResult:
-    """Device tensors of one pruned layer (no host sync taken)."""
+    """One pruned layer's results, no host sync taken: device tensors (numpy
+    arrays on the host from the one-call C kernel, `core.cpu_kernel`)."""
 
     keep: torch.Tensor | None  # (B, Hkv, L_bound) long, -1 past lengths[b] (None: not asked)
     lengths: torch.Tensor  # (B,) int32 kept length L_l per request

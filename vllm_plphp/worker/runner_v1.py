@@ -84,9 +84,10 @@ class V1Adapter:
         num_blocks = int(table.num_blocks_per_row[target.row])
         return table.block_table.gpu[target.row, :num_blocks].to(torch.long)
 
-    def block_table(self, gid: int, rows: torch.Tensor) -> torch.Tensor:
-        """(len(rows), max_blocks) block ids of these batch rows (batched path)."""
-        return self.table(gid).block_table.gpu.index_select(0, rows)
+    def group_table(self, gid: int) -> torch.Tensor:
+        """(max rows, max_blocks) block ids of every batch row (batched path;
+        a target's row is `target.row`)."""
+        return self.table(gid).block_table.gpu
 
     def swap_blocks(self, gid: int, target, start: int, new: list[int]) -> torch.Tensor:
         """Point entries [start, start + len(new)) of the request's block list

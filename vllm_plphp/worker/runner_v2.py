@@ -118,9 +118,10 @@ class V2Adapter:
         num_blocks = int(self.runner.block_tables.num_blocks.np[gid, target.slot])
         return self.input_tables[gid, target.row, :num_blocks].to(torch.long)
 
-    def block_table(self, gid: int, rows: torch.Tensor) -> torch.Tensor:
-        """(len(rows), max_blocks) block ids of these batch rows (batched path)."""
-        return self.input_tables[gid].index_select(0, rows)
+    def group_table(self, gid: int) -> torch.Tensor:
+        """(max rows, max_blocks) block ids of this step's rows (batched path;
+        a target's row is `target.row`)."""
+        return self.input_tables[gid]
 
     def swap_blocks(self, gid: int, target, start: int, new: list[int]) -> torch.Tensor:
         """Point entries [start, start + len(new)) of the request's block list

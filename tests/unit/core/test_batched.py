@@ -28,10 +28,10 @@ class FakeAdapter:
         self.commits = {}
 
     def block_ids(self, gid, target):
-        return self.table[target.row, : -(-self.totals[target.row] // BLOCK)].long()
+        return self.table[target.row, : -(-target.total_len // BLOCK)].long()
 
-    def block_table(self, gid, rows):
-        return self.table.index_select(0, rows)
+    def group_table(self, gid):
+        return self.table
 
     def commit(self, gid, target, kept):
         self.commits[target.req_id] = kept
@@ -46,16 +46,17 @@ def make_step(seed, layout, extra):
     nblk = [-(-t // BLOCK) for t in totals]
     num_blocks = sum(nblk) + 4
     perm = torch.randperm(num_blocks, generator=gen)
-    table = torch.zeros(3, max(nblk) + 2, dtype=torch.int32)  # zero padding, as V1 has
+    rows = [2, 0, 3]  # batch rows out of order, and a row of no target (row 1)
+    table = torch.zeros(4, max(nblk) + 2, dtype=torch.int32)  # zero padding, as V1 has
     o = 0
     for b, n in enumerate(nblk):
-        table[b, :n] = perm[o: o + n]
+        table[rows[b], :n] = perm[o: o + n]
         o += n
     kv = torch.randn(num_blocks, KV_HEADS, BLOCK, 2 * HEAD, generator=gen)
     query = torch.randn(sum(totals), HEADS, HEAD, generator=gen) * 3
     starts = [sum(totals[:i]) for i in range(3)]
     thresholds = [dict(alpha=0.0, beta=0.0), dict(alpha=1.0, beta=1.0), dict(alpha=1.0, beta=0.0)]
-    targets = [PruneTarget(row=b, slot=b, req_id=f"r{b}", query_index=starts[b] + plens[b] - 1,
+    targets = [PruneTarget(row=rows[b], slot=rows[b], req_id=f"r{b}", query_index=starts[b] + plens[b] - 1,
                            prompt_len=plens[b], total_len=totals[b], images=images[b],
                            config=PlphpConfig(r=0.3, **thresholds[b])) for b in range(3)]
     return kv, table, totals, query, targets
@@ -69,6 +70,7 @@ def run(batched_path: bool, layout: str, seed: int, extra: int, kernels: str | N
     config = SimpleNamespace(additional_config={}, model_config=SimpleNamespace(
         hf_text_config=SimpleNamespace(num_hidden_layers=8)))
     worker = PlphpWorker(config)
+    worker._tp_size = 1
     worker.layer_to_group = {LAYER: 3}
     worker.adapter = FakeAdapter(table, totals)
     worker.keep_layer = 3

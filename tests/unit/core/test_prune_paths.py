@@ -25,8 +25,8 @@ class FakeAdapter:
     def block_ids(self, gid, target):
         return self.table[target.row, : -(-self.totals[target.row] // self.bs)].long()
 
-    def block_table(self, gid, rows):
-        return self.table.index_select(0, rows)
+    def group_table(self, gid):
+        return self.table
 
     def commit(self, gid, target, kept):
         self.commits[(gid, target.req_id)] = kept
@@ -48,6 +48,7 @@ def run(kernels: str, seed: int = 0):
     config = SimpleNamespace(additional_config={}, model_config=SimpleNamespace(
         hf_text_config=SimpleNamespace(num_hidden_layers=8)))
     worker = PlphpWorker(config)
+    worker._tp_size = 1
     worker.kernels = kernels
     worker.layer_to_group = {LAYER: 3}
     worker.adapter = FakeAdapter(table, totals, 16)

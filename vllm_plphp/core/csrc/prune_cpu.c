@@ -194,8 +194,8 @@ void plphp_compact(void *cache, int esize, const int64_t *ids, int B, int Hkv, i
 }
 
 /* One pruned layer in one call, for a single rank (no all-reduce of gamma
- * between the two steps): block ids from the block table (table rows of
- * tstride int32, row b's columns cols[b, :M]), queries from rows qrows[b] of
+ * between the two steps): block ids from the block table (rows of tstride
+ * int32; target b's row trows[b], its columns cols[b, :M]), queries from rows qrows[b] of
  * q (rows of qstride floats, H * D each), plphp_scores, gamma_l = gamma_sum /
  * heads_total (float32), r_l and K_j in float64 by the rule of
  * vllm_plphp.gpu.ops.rate_rule and gpu.select.kept_rule (params (B, 4): r,
@@ -208,7 +208,8 @@ int plphp_prune_layer(const float *q, void *cache, const int32_t *table, int64_t
                       int64_t sblock, int64_t shead, int64_t *keep_out, int64_t *lengths,
                       float *gammas, double *rates,
                       /* the same for every layer of the step: */
-                      int64_t qstride, const int64_t *qrows, int esize, const int64_t *cols,
+                      int64_t qstride, const int64_t *qrows, const int64_t *trows, int esize,
+                      const int64_t *cols,
                       int B, int H, int Hkv, int D, int bs, int M,
                       const int32_t *plens, const int8_t *vision, int Pmax, float scale, int reduce_max,
                       int heads_total, const double *params, const int64_t *pos, const int64_t *sizes,
@@ -217,7 +218,7 @@ int plphp_prune_layer(const float *q, void *cache, const int32_t *table, int64_t
                       uint8_t *mask, float *buf, int64_t *ties, int64_t *offs) {
     for (int b = 0; b < B; b++) {
         for (int m = 0; m < M; m++)
-            ids[(int64_t)b * M + m] = table[(int64_t)b * tstride + cols[(int64_t)b * M + m]];
+            ids[(int64_t)b * M + m] = table[trows[b] * tstride + cols[(int64_t)b * M + m]];
         memcpy(qbuf + (int64_t)b * H * D, q + qrows[b] * qstride, (size_t)H * D * sizeof(float));
     }
     int rc = plphp_scores(qbuf, cache, esize, ids, B, H, Hkv, D, bs, M, sblock, shead, plens, vision,
