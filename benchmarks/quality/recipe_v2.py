@@ -79,6 +79,19 @@ standard llava-hf CLIP + MLP projector + Llama, loadable by vLLM unchanged)
    other image held both near misses (0.38) and on 3 images (0.41).  Stage 4
    adds the training-only ``binding`` kind (``conversations._binding``):
    exactly those prompts.
+9. Stage 5 (``train.V2_STAGE5``; stage 4 stopped at its step 300, where no
+   checkpoint had beaten stage 3): on 300 validation differ prompts
+   (``differ_breakdown.py``) the stage-3 model scored 0.97-1.00 when the
+   other images held no near miss or only the shape in another colour, and
+   0.43-0.49 when another image held the pair's colour on another shape: it
+   found the image by colour alone.  Stage 5 adds the training-only
+   ``lookup`` kind (colour decoys only, and "Which image has a circle?") and
+   selects on 300 differ prompts.  After 300 steps differ was 0.657 (stage
+   3: 0.643 on the same prompts) and the shape-only question 0.67 (0.61):
+   learned, slowly; not selected (colour fell to 0.25 on its 40 prompts).
+10. Stage 6 (``train.V2_STAGE6``): the lookup and binding kinds at a larger
+   share and stage 2's learning rate, validation with 300 differ and 200
+   colour prompts.
 
 Measured in short vision-only runs (1 thread, shared CPU, 100-200 steps of
 32 scenes, probe accuracy colour/shape/row/column):
