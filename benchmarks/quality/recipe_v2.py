@@ -81,13 +81,15 @@ standard llava-hf CLIP + MLP projector + Llama, loadable by vLLM unchanged)
    exactly those prompts.
 9. Stage 5 (``train.V2_STAGE5``; stage 4 stopped at its step 300, where no
    checkpoint had beaten stage 3): on 300 validation differ prompts
-   (``differ_breakdown.py``) the stage-3 model scored 0.97-1.00 when the
-   other images held no near miss or only the shape in another colour, and
-   0.43-0.49 when another image held the pair's colour on another shape: it
-   found the image by colour alone.  Stage 5 adds the training-only
+   (``differ_breakdown.py``) the stage-3 and stage-4 models scored
+   0.94-1.00 when the other images held no near miss or only the shape in
+   another colour, and 0.40-0.49 when another image held the pair's colour
+   on another shape (0.43-0.47 with both near misses): they found the image
+   by colour alone.  Stage 5 adds the training-only
    ``lookup`` kind (colour decoys only, and "Which image has a circle?") and
    selects on 300 differ prompts.  After 300 steps differ was 0.657 (stage
-   3: 0.643 on the same prompts) and the shape-only question 0.67 (0.61):
+   3: 0.643 on the same prompts); at step 200 the shape-only question was
+   0.67 (stage 3: 0.61, 128 prompts of held-out lookup conversations):
    learned, slowly; not selected (colour fell to 0.25 on its 40 prompts).
 10. Stage 6 (``train.V2_STAGE6``): the lookup and binding kinds at a larger
    share and stage 2's learning rate, validation with 300 differ and 200
