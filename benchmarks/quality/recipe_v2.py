@@ -92,8 +92,8 @@ standard llava-hf CLIP + MLP projector + Llama, loadable by vLLM unchanged)
    0.67 (stage 3: 0.61, 128 prompts of held-out lookup conversations):
    learned, slowly; not selected (colour fell to 0.25 on its 40 prompts).
 10. Stage 6 (``train.V2_STAGE6``): the lookup and binding kinds at a larger
-   share and stage 2's learning rate, validation with 300 differ and 200
-   colour prompts.
+   share, lr 5e-4 (1e-3 broke shape and count within 100 steps), validation
+   with 300 differ and 200 colour prompts.
 
 Measured in short vision-only runs (1 thread, shared CPU, 100-200 steps of
 32 scenes, probe accuracy colour/shape/row/column):
