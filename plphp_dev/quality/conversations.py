@@ -160,12 +160,19 @@ def _both_decoys(rng: random.Random, color: str, shape: str) -> Scene:
             return s
 
 
-def _binding(rng: random.Random):
+def _pair_among_decoys(rng: random.Random, decoy):
+    """2 or 3 scenes: scene ``which`` holds a ``color`` ``shape``, the others
+    are ``decoy(rng, color, shape)``."""
     n = rng.choice((2, 3))
     color, shape = rng.choice(COLOR_NAMES), rng.choice(SHAPES)
     which = rng.randrange(n)
-    scenes = [random_scene(rng, include=(color, shape)) if i == which else _both_decoys(rng, color, shape)
+    scenes = [random_scene(rng, include=(color, shape)) if i == which else decoy(rng, color, shape)
               for i in range(n)]
+    return scenes, color, shape, which
+
+
+def _binding(rng: random.Random):
+    scenes, color, shape, which = _pair_among_decoys(rng, _both_decoys)
     turns = [differ_qa(color, shape, which)] + _extra_differ(rng, scenes, exclude={(color, shape)})
     rng.shuffle(turns)
     return scenes, turns
@@ -180,11 +187,7 @@ def _colour_decoy(rng: random.Random, color: str, shape: str) -> Scene:
 
 
 def _lookup(rng: random.Random):
-    n = rng.choice((2, 3))
-    color, shape = rng.choice(COLOR_NAMES), rng.choice(SHAPES)
-    which = rng.randrange(n)
-    scenes = [random_scene(rng, include=(color, shape)) if i == which else _colour_decoy(rng, color, shape)
-              for i in range(n)]
+    scenes, color, shape, which = _pair_among_decoys(rng, _colour_decoy)
     turns = [differ_qa(color, shape, which)]
     alone = [(i, o.shape) for i, s in enumerate(scenes) for o in s.objects
              if sum(o.shape in {x.shape for x in t.objects} for t in scenes) == 1 and o.shape != shape]
