@@ -456,8 +456,8 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
         if not text_stage("text", args.steps, args.lr, args.warmup, stream, args.stop_at_step):
             return
     # stage 3: more multi-image conversations, with the ordinal kind; stage 4: the
-    # binding kind, stopped at binding_stop; stage 5: the lookup kind (recipe_v2
-    # docstring, items 7 to 9)
+    # binding kind, stopped at binding_stop; stage 5: the lookup kind; stage 6: lookup
+    # and binding at a larger share (recipe_v2 docstring, items 7 to 10)
     order = ("ordinal", "binding", "lookup", "focus")
     for stage, steps, end, lr, warmup, seed, kinds in (
             ("ordinal", args.ordinal_steps, 0, args.ordinal_lr, args.ordinal_warmup, args.ordinal_seed,
