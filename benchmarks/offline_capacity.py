@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import shapes  # noqa: E402
+from serve_capacity import kv_and_peak  # noqa: E402
 
 CONFIGS = (("stock", None), ("plphp r=0.4", {"r": 0.4}),
            ("plphp r=0.4 balanced", {"r": 0.4, "alpha": 1.0, "beta": 0.0}))
@@ -63,10 +64,8 @@ def run(shape: str, plphp: dict | None, kv_mib: int, requests: int, max_tokens: 
         elapsed = time.perf_counter() - start
     finally:
         engine.engine_core.shutdown()
-    running = [s for s in samples if s[0] > 0]
-    decode = [s for s in running if s[1] == 0] or running
-    per_req = sorted(s[2] / s[0] for s in decode)
-    return {"kv_per_req": per_req[len(per_req) // 2] * kv_mib, "peak_running": int(max(s[0] for s in running)),
+    kv_per_req, peak = kv_and_peak(samples, kv_mib)
+    return {"kv_per_req": kv_per_req, "peak_running": int(peak),
             "tok_s": tokens / elapsed, "tokens": tokens, "prompt_tokens": prompt, "elapsed_s": elapsed}
 
 

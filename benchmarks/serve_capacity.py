@@ -113,6 +113,17 @@ def ideal(model: str, plphp: dict | None, prompt: int, context: float, retained:
     return (layers * context - pruned * image_tokens * (1 - retained)) * per_token
 
 
+def kv_and_peak(samples: list[tuple[float, float, float]], kv_mib: int) -> tuple[float, float]:
+    """(median KV MiB per running request while nothing waits, peak running)
+    from (running, waiting, KV usage fraction) samples."""
+    running = [s for s in samples if s[0] > 0]
+    # decode-only samples: nothing waiting to be prefilled, every running request decoding
+    decode = [s for s in running if s[1] == 0] or running
+    per_req = sorted(s[2] / s[0] for s in decode)
+    return (per_req[len(per_req) // 2] * kv_mib if per_req else float("nan"),
+            max((s[0] for s in running), default=0))
+
+
 def run_server(model: str, plphp: dict | None, args, block: str) -> dict:
     extra = ["--max-num-seqs", str(args.requests), "--max-model-len", "1024",
              "--max-num-batched-tokens", "8192"]
@@ -140,16 +151,13 @@ def run_server(model: str, plphp: dict | None, args, block: str) -> dict:
         chosen = [ln for ln in srv.logs().splitlines() if "block_size" in ln and "PLPHP" in ln]
     finally:
         srv.stop()
-    running = [s for s in sampler.samples if s[0] > 0]
-    # decode-only samples: nothing waiting to be prefilled, every running request decoding
-    decode = [s for s in running if s[1] == 0] or running
-    per_req = sorted(s[2] / s[0] for s in decode)
+    kv_per_req, peak = kv_and_peak(sampler.samples, args.kv_mib)
     retained = kept / seen if seen else 1.0
     # decode samples are spread over the output: on average half of it is cached
     context = prompt + args.max_tokens / 2
     return {
-        "kv_per_req": per_req[len(per_req) // 2] * args.kv_mib if per_req else float("nan"),
-        "peak_running": max((s[0] for s in running), default=0),
+        "kv_per_req": kv_per_req,
+        "peak_running": peak,
         "tok_s": tokens / elapsed,
         "prompt_tokens": prompt,
         "retained": retained,
