@@ -3,10 +3,17 @@ kind answers from its scenes, and a stream without it in its weights never
 draws it (recipe v2's stage-2 stream is unchanged by its existence)."""
 
 import re
+import sys
+from pathlib import Path
 
 from plphp_dev.quality import conversations as conv
 from plphp_dev.quality.scenes import NUMBER_WORDS
 from plphp_dev.quality.tasks import ORDINALS
+
+# benchmarks/quality (recipe_v2, batches) is a script folder, not a package
+QUALITY = str(Path(__file__).resolve().parents[2] / "benchmarks" / "quality")
+if QUALITY not in sys.path:
+    sys.path.insert(0, QUALITY)
 
 
 def test_ordinal_answers_follow_the_scenes():
@@ -35,9 +42,6 @@ def test_ordinal_answers_follow_the_scenes():
 
 
 def test_streams_draw_ordinal_only_when_weighted():
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "quality"))
     from recipe_v2 import ConvStream
 
     without = ConvStream(0, 4, {"single": 3.0, "caption": 1.5, "differ": 1.0, "spot": 1.0, "compare": 0.5})
@@ -82,3 +86,24 @@ def test_lookup_decoys_hold_the_colour_never_the_shape():
             if m:
                 with_it = [k for k, s in enumerate(c.scenes) if m[1] in {o.shape for o in s.objects}]
                 assert len(with_it) == 1 and a == f"The {ORDINALS[with_it[0]]} image has it."
+
+
+def test_tag_temperature_asks_for_a_wider_margin():
+    """Recipe v2 stage 7: dividing the shape tag's logits by T gives a margin m*T
+    the loss a margin m had at T = 1, and leaves the colour tag's term alone."""
+    import torch
+
+    from recipe_v2 import tag_aux_loss
+
+    unk, cands = 0, [torch.tensor([1, 2]), torch.tensor([3, 4])]  # colour words, shape words
+    tgt = torch.tensor([[1, 3]])  # one object patch: colour word 1, shape word 3
+
+    def loss(colour_margin, shape_margin, temps):
+        logits = torch.zeros(1, 5)
+        logits[0, 1], logits[0, 3] = colour_margin, shape_margin
+        return tag_aux_loss(logits, tgt, (unk, cands), temps).item()
+
+    plain = loss(4.0, 4.0, (1.0, 1.0))
+    assert loss(4.0, 4.0, (1.0, 5.0)) > plain  # same margin, shape now counts as narrow
+    assert abs(loss(4.0, 20.0, (1.0, 5.0)) - plain) < 1e-6  # 5x the margin, same loss
+    assert abs(loss(4.0, 4.0, (5.0, 1.0)) - loss(4.0, 4.0, (1.0, 5.0))) < 1e-6  # per tag
