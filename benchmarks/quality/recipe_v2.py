@@ -107,6 +107,16 @@ standard llava-hf CLIP + MLP projector + Llama, loadable by vLLM unchanged)
    divides the shape tag's logits by ``shape_temp`` in ``tag_aux_loss``
    (a margin that many times wider is needed for the same loss) and trains
    on the test kinds plus the lookup and binding kinds at a moderate share.
+   Stopped at step 200 (``shape_stop``): the shape margin went 15 -> 36 but
+   differ 0.643 -> 0.603 / 0.627 / 0.600 / 0.623 and colour 0.505 -> 0.49 /
+   0.48 / 0.41 / 0.405 at steps 50-200 (300 differ, 200 colour prompts).
+12. Stage 8 (``train.V2_STAGE8``, from stage 7's step 200): the answer loss did
+   not teach shape-keyed attention in 2000+ steps, so ``lookup_attention``
+   gives it a direct gradient: at the positions that predict a lookup
+   question's answer, the best head of layers 2-5 should attend to the named
+   object's patches (weight ``attend_weight``).  In the stage-3 model a
+   layer-5 head already put 0.81 of its attention on the named object of one
+   2-image differ prompt (the mechanism exists; the loss sharpens its key).
 
 Measured in short vision-only runs (1 thread, shared CPU, 100-200 steps of
 32 scenes, probe accuracy colour/shape/row/column):

@@ -66,6 +66,7 @@ Needs torch and transformers, never vLLM.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -82,6 +83,7 @@ from eval_hf import evaluate, format_table
 from plphp_dev.quality.model import ModelSpec, build_tokenizer, load_checkpoint, new_model, save_checkpoint
 from plphp_dev.quality.conversations import KINDS
 from plphp_dev.quality.tasks import TASKS, chance_score, make_examples
+import lookup_attention
 from recipe_v2 import VAL_SEED, tag_aux_loss
 
 DEFAULTS = dict(steps=550, batch_size=32, lr=1e-3, warmup=100, seed=0, aux_weight=3.0, aux_position=0)
@@ -126,10 +128,16 @@ FOCUS_KIND_WEIGHTS = {"single": 1.5, "caption": 0.3, "differ": 1.0, "spot": 0.5,
 # explains 58% of the object patches' variance and shape 16% (tag margins 57 vs 15
 # logits), so attention keyed on shape learns slowly; the shape tag's logits are
 # divided by shape_temp, which asks for a margin that many times wider.
-V2_STAGE7 = dict(shape_steps=400, shape_lr=5e-4, shape_warmup=30, shape_seed=5000, shape_temp=5.0)
+# Stopped at shape_stop: differ 0.643 / 0.603 / 0.627 / 0.600 and colour 0.505 / 0.49 / 0.48 / 0.41
+# on validation at steps 0 / 50 / 100 / 150 while the shape margin went 15 -> 36.
+V2_STAGE7 = dict(shape_steps=400, shape_lr=5e-4, shape_warmup=30, shape_seed=5000, shape_temp=5.0,
+                 shape_stop=200)
 SHAPE_KIND_WEIGHTS = {"single": 2.0, "caption": 0.5, "differ": 2.0, "spot": 1.0, "compare": 0.5,
                       "ordinal": 0.5, "binding": 1.0, "lookup": 1.5}
-BRANCHES = {"shape": ("ordinal", "shape"), "focus": ("ordinal", "binding", "lookup", "focus")}
+# Stage 8 (recipe_v2 docstring, item 12): after stage 7, lookup_attention's loss asks
+# some head of layers 2-5 to attend to the object a lookup question names.
+V2_STAGE8 = dict(attend_steps=300, attend_lr=5e-4, attend_warmup=30, attend_seed=6000, attend_weight=0.2)
+BRANCHES = {"shape": ("ordinal", "shape", "attend"), "focus": ("ordinal", "binding", "lookup", "focus")}
 V2_OUT = ROOT / "plphp_dev" / "quality" / "model_v2"
 V2_STATE = ROOT / ".train_state" / "v2"
 # Measured on this repo's 2-core CPU machine (AMD EPYC, AVX2, 2 threads), see
@@ -159,14 +167,15 @@ def make_optimizer(model: torch.nn.Module, lr: float, only=None) -> torch.optim.
 
 def train_step(model, batch: dict, device: str, aux_weight: float,
                aux_position: bool = True, aux_mode: str = "v1", tags=None,
-               temps: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)) -> tuple[float, float]:
+               temps: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0), extra=None) -> tuple[float, float]:
     """One forward/backward; returns (answer loss, auxiliary patch loss).
 
     ``aux_mode="v1"``: the auxiliary loss averages one CE per tag of
     ``batch["patch_targets"]`` over the whole vocabulary and all patches:
     colour and shape, plus row and column words when ``aux_position``.
     ``aux_mode="tags"``: ``tag_aux_loss`` with ``tags = tag_ids(tokenizer)`` and
-    per-tag temperatures ``temps`` (recipe v2)."""
+    per-tag temperatures ``temps`` (recipe v2).  ``extra``: a callable giving one more
+    loss term after the forward (recipe v2's stage 8, ``lookup_attention``)."""
     batch = {k: v.to(device) for k, v in batch.items()}
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 pixel_values=batch["pixel_values"])
@@ -186,7 +195,10 @@ def train_step(model, batch: dict, device: str, aux_weight: float,
         else:
             f = torch.nn.functional.cross_entropy
             aux = sum(f(logits, tgt[:, k]) for k in range(n_tags)) / n_tags
-    (loss + aux_weight * aux).backward()
+    total = loss + aux_weight * aux
+    if extra is not None:
+        total = total + extra()
+    total.backward()
     return loss.item(), aux.item()
 
 
@@ -302,6 +314,7 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
               **{k: getattr(args, k) for k in V2_STAGE5}, "lookup_kind_weights": LOOKUP_KIND_WEIGHTS,
               **{k: getattr(args, k) for k in V2_STAGE6}, "focus_kind_weights": FOCUS_KIND_WEIGHTS,
               **{k: getattr(args, k) for k in V2_STAGE7}, "shape_kind_weights": SHAPE_KIND_WEIGHTS,
+              **{k: getattr(args, k) for k in V2_STAGE8},
               "branch": args.branch}
     st = {"progress": {"stage": "vision", "step": 0}, "best": None, "history": [], "val": [],
           "train_s": 0.0, "init": init_info, "recipe": recipe, "commands": []}
@@ -316,11 +329,15 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
                                     ("focus", (*V2_STAGE6, "focus_kind_weights"),
                                      ("vision", "text", "ordinal", "binding", "lookup")),
                                     ("shape", (*V2_STAGE7, "shape_kind_weights"),
-                                     ("vision", "text", "ordinal", "binding", "lookup", "focus"))):
+                                     ("vision", "text", "ordinal", "binding", "lookup", "focus")),
+                                    ("attend", tuple(V2_STAGE8),
+                                     ("vision", "text", "ordinal", "binding", "lookup", "focus", "shape"))):
             if keys[0] not in saved["recipe"]:
                 assert saved["progress"]["stage"] in before, (stage, saved["progress"])
                 saved["recipe"].update({k: recipe[k] for k in keys})
         saved["recipe"].setdefault("branch", "focus")  # states saved before branches existed
+        if "shape_stop" not in saved["recipe"] and "shape_steps" in saved["recipe"]:
+            saved["recipe"]["shape_stop"] = recipe["shape_stop"]  # added at stage-7 step 150
         assert saved["recipe"] == recipe, ("recipe changed since the state was saved", saved["recipe"], recipe)
         model.load_state_dict(saved.pop("model"))
         opt_v.load_state_dict(saved.pop("opt_vision"))
@@ -357,7 +374,7 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
     # stage 6 also scores colour on 200 (at n = 40 its margin's draw decided stage 5's selection)
     val6 = [e for e in val5 if e.task != "color"] + make_examples(
         "train", 200, seed=VAL_SEED, tasks=("color",), image_size=spec.image_size)
-    stage_val = {"lookup": val5, "focus": val6, "shape": val6}
+    stage_val = {"lookup": val5, "focus": val6, "shape": val6, "attend": val6}
     base_path = state_dir / f"baseline_val_n{args.val_n}.json"
     if base_path.is_file():
         baseline = json.load(open(base_path))
@@ -451,14 +468,21 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
         ended it early."""
         start = st["progress"]["step"] if st["progress"]["stage"] == stage else 0
         end = end or steps
-        temps = (1.0, args.shape_temp, 1.0, 1.0) if stage == "shape" else (1.0, 1.0, 1.0, 1.0)
+        temps = (1.0, args.shape_temp, 1.0, 1.0) if stage in ("shape", "attend") else (1.0, 1.0, 1.0, 1.0)
         for step in range(start, end):
             t0 = time.perf_counter()
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, steps, lr, warmup)
             convs = next(stream)
-            loss, aux = train_step(model, collate(convs, tokenizer, spec), dev, args.aux_weight,
-                                   bool(args.aux_position), "tags", tags, temps)
+            batch = collate(convs, tokenizer, spec)
+            attend = lookup_attention.targets(convs, batch, tokenizer, spec) if stage == "attend" else None
+            seen = {}
+            with lookup_attention.captured(model) if attend is not None else contextlib.nullcontext() as store:
+                def extra():
+                    seen["attend"] = lookup_attention.loss(model, store, *attend, batch["attention_mask"].to(dev))
+                    return args.attend_weight * seen["attend"]
+                loss, aux = train_step(model, batch, dev, args.aux_weight, bool(args.aux_position), "tags",
+                                       tags, temps, extra if attend is not None else None)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -467,6 +491,7 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
             if (step + 1) % args.log_every == 0:
                 st["history"].append({"stage": stage, "step": step + 1, "loss": round(loss, 4),
                                       "aux": round(aux, 4), "images": len(convs[0].images),
+                                      **({"attend": round(seen["attend"].item(), 4)} if seen else {}),
                                       "train_s": round(st["train_s"], 1)})
                 print(json.dumps(st["history"][-1]), flush=True)
             if (step + 1) % args.ckpt_every == 0 or step + 1 == end:
@@ -495,7 +520,9 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
              LOOKUP_KIND_WEIGHTS),
             ("focus", args.focus_steps, 0, args.focus_lr, args.focus_warmup, args.focus_seed,
              FOCUS_KIND_WEIGHTS),
-            ("shape", args.shape_steps, 0, args.shape_lr, args.shape_warmup, args.shape_seed,
+            ("shape", args.shape_steps, args.shape_stop, args.shape_lr, args.shape_warmup, args.shape_seed,
+             SHAPE_KIND_WEIGHTS),
+            ("attend", args.attend_steps, 0, args.attend_lr, args.attend_warmup, args.attend_seed,
              SHAPE_KIND_WEIGHTS)):
         now = st["progress"]["stage"]
         if stage not in order or (now in order and order.index(now) > order.index(stage)):
@@ -537,11 +564,12 @@ def main() -> None:
     for k, v in DEFAULTS.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None,
                         help=f"v1 {v}, v2 {V2_DEFAULTS[k]}")
-    for k, v in {**V2_EXTRA, **V2_STAGE3, **V2_STAGE4, **V2_STAGE5, **V2_STAGE6, **V2_STAGE7}.items():
+    for k, v in {**V2_EXTRA, **V2_STAGE3, **V2_STAGE4, **V2_STAGE5, **V2_STAGE6, **V2_STAGE7,
+                 **V2_STAGE8}.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v, help="v2 only")
     ap.add_argument("--branch", choices=tuple(BRANCHES), default="shape",
-                    help="v2: stages after stage 3: shape (stage 7, the default path) or focus "
-                         "(stages 4-6, explored and not selected)")
+                    help="v2: stages after stage 3: shape (stages 7 and 8, the default path) or "
+                         "focus (stages 4-6, explored and not selected)")
     ap.add_argument("--state-dir", default=str(V2_STATE), help="v2: resumable state, val history (not in git)")
     ap.add_argument("--stop-at-step", type=int, default=0, help="v2: checkpoint and exit at this stage-2 step")
     ap.add_argument("--resume", action="store_true", help="v2: continue from STATE_DIR/state.pt "
