@@ -38,10 +38,13 @@ from contextlib import contextmanager
 import torch
 
 from batches import encode  # benchmarks/quality is sys.path[0]
-from plphp_dev.quality.scenes import COLOR_NAMES, SHAPES
+from plphp_dev.quality.scenes import COLOR_NAMES, POSITIONS, SHAPES
+from plphp_dev.quality.tasks import ORDINALS
 
 LAYERS = (2, 3, 4, 5)
 WEIGHT = 0.2
+# answer words that carry what the lookup found (an ordinal, a colour, a shape, a place)
+KEY_WORDS = frozenset((*COLOR_NAMES, *SHAPES, *ORDINALS, *(w for p in POSITIONS for w in p.split())))
 _ASKS = (re.compile(r"^Which image has an? (.+)\?$"), re.compile(r"^What color is the (.+)\?$"),
          re.compile(r"^What shape is the (.+)\?$"), re.compile(r"^Where is the (.+)\?$"))
 
@@ -73,9 +76,25 @@ def _answer_runs(weights: list[float]) -> list[list[int]]:
     return runs
 
 
-def targets(convs, batch: dict, tokenizer, spec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def key_token(question: str, answer_tokens: list[str]) -> int:
+    """Index of the first answer token that says what the lookup found: a
+    ``KEY_WORDS`` word the question does not hold ("The circle is red." after
+    "What color is the circle?" -> " red"); -1 if none."""
+    asked = set(question.rstrip("?").split())
+    for j, t in enumerate(answer_tokens):
+        w = t.strip()
+        if w in KEY_WORDS and w not in asked:
+            return j
+    return -1
+
+
+def targets(convs, batch: dict, tokenizer, spec, key_only: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(rows, positions, target mask)``: one entry per supervised query
-    position, ``mask``: (entries, seq) bool over the key positions to find."""
+    position, ``mask``: (entries, seq) bool over the key positions to find.
+    Supervised positions: every one that predicts an answer token, or with
+    ``key_only`` only the one that predicts ``key_token`` (later positions can
+    find the object from the answer already written)."""
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     colour_ids = {c: encode(tokenizer, " " + c)[0] for c in COLOR_NAMES}
     shape_ids = {s: encode(tokenizer, " " + s)[0] for s in SHAPES}
@@ -90,7 +109,7 @@ def targets(convs, batch: dict, tokenizer, spec) -> tuple[torch.Tensor, torch.Te
         first_image += n_img
         runs = _answer_runs(batch["weights"][b].tolist())
         assert len(runs) == len(conv.turns), (len(runs), conv.turns)
-        for (question, _), run in zip(conv.turns, runs):
+        for (question, answer), run in zip(conv.turns, runs):
             ask = named(question)
             if ask is None:
                 continue
@@ -103,6 +122,9 @@ def targets(convs, batch: dict, tokenizer, spec) -> tuple[torch.Tensor, torch.Te
                 continue
             mask = torch.zeros(seq, dtype=torch.bool)
             mask[img_pos[hit]] = True
+            if key_only:  # run[j] predicts answer token j
+                j = key_token(question, [tokenizer.decode([i]) for i in encode(tokenizer, " " + answer)])
+                run = [run[j]] if j >= 0 else []
             for p in run:
                 rows.append(b)
                 poss.append(p)

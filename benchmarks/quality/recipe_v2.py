@@ -117,6 +117,17 @@ standard llava-hf CLIP + MLP projector + Llama, loadable by vLLM unchanged)
    object's patches (weight ``attend_weight``).  In the stage-3 model a
    layer-5 head already put 0.81 of its attention on the named object of one
    2-image differ prompt (the mechanism exists; the loss sharpens its key).
+   Stopped at step 100 (``attend_stop``): the loss fell to 0.08, but on 16
+   two-image validation differ prompts with a colour decoy, at the position
+   that predicts "first"/"second", the heads still split their attention
+   between the object and the decoy (layer 5 head 3: 0.45 / 0.50; layer 7
+   head 2: 0.58 / 0.36), and differ was 0.600 / 0.613 at steps 50 / 100.
+   The loss was met at the later answer positions, where the answer already
+   written ("The first ...") finds the object by colour and image.
+13. Stage 9 (``train.V2_STAGE9``, from stage 8's step 100): the same loss at
+   weight 1.0, only at the position that predicts the answer's key word
+   (``lookup_attention.key_token``: the ordinal, colour, shape or place the
+   lookup found), and more lookup and binding conversations.
 
 Measured in short vision-only runs (1 thread, shared CPU, 100-200 steps of
 32 scenes, probe accuracy colour/shape/row/column):

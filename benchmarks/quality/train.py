@@ -136,8 +136,22 @@ SHAPE_KIND_WEIGHTS = {"single": 2.0, "caption": 0.5, "differ": 2.0, "spot": 1.0,
                       "ordinal": 0.5, "binding": 1.0, "lookup": 1.5}
 # Stage 8 (recipe_v2 docstring, item 12): after stage 7, lookup_attention's loss asks
 # some head of layers 2-5 to attend to the object a lookup question names.
-V2_STAGE8 = dict(attend_steps=300, attend_lr=5e-4, attend_warmup=30, attend_seed=6000, attend_weight=0.2)
-BRANCHES = {"shape": ("ordinal", "shape", "attend"), "focus": ("ordinal", "binding", "lookup", "focus")}
+# Stopped at attend_stop: the mean attention loss fell to 0.08 (the named object found
+# in most turns) but on 2-image differ prompts with a colour decoy the heads still
+# split their attention between the object and the decoy (layer 5: 0.45 vs 0.50), and
+# differ was 0.600 / 0.613 at steps 50 / 100.
+V2_STAGE8 = dict(attend_steps=300, attend_lr=5e-4, attend_warmup=30, attend_seed=6000, attend_weight=0.2,
+                 attend_stop=100)
+# Stage 9 (recipe_v2 docstring, item 13): the same loss at weight 1.0, only at the
+# position that predicts the answer's key word (lookup_attention.key_token; at the
+# later positions the answer already written finds the object, which is where stage 8's
+# loss fell to 0.08), on a stream with more of the conversations where the colour
+# alone does not find the object.
+V2_STAGE9 = dict(sharpen_steps=400, sharpen_lr=5e-4, sharpen_warmup=20, sharpen_seed=7000, sharpen_weight=1.0)
+SHARPEN_KIND_WEIGHTS = {"single": 2.0, "caption": 0.5, "differ": 2.0, "spot": 1.0, "compare": 0.5,
+                        "ordinal": 0.5, "binding": 2.0, "lookup": 3.0}
+ATTEND_STAGES = ("attend", "sharpen")  # stages with lookup_attention's loss
+BRANCHES = {"shape": ("ordinal", "shape", "attend", "sharpen"), "focus": ("ordinal", "binding", "lookup", "focus")}
 V2_OUT = ROOT / "plphp_dev" / "quality" / "model_v2"
 V2_STATE = ROOT / ".train_state" / "v2"
 # Measured on this repo's 2-core CPU machine (AMD EPYC, AVX2, 2 threads), see
@@ -315,6 +329,7 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
               **{k: getattr(args, k) for k in V2_STAGE6}, "focus_kind_weights": FOCUS_KIND_WEIGHTS,
               **{k: getattr(args, k) for k in V2_STAGE7}, "shape_kind_weights": SHAPE_KIND_WEIGHTS,
               **{k: getattr(args, k) for k in V2_STAGE8},
+              **{k: getattr(args, k) for k in V2_STAGE9}, "sharpen_kind_weights": SHARPEN_KIND_WEIGHTS,
               "branch": args.branch}
     st = {"progress": {"stage": "vision", "step": 0}, "best": None, "history": [], "val": [],
           "train_s": 0.0, "init": init_info, "recipe": recipe, "commands": []}
@@ -331,13 +346,18 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
                                     ("shape", (*V2_STAGE7, "shape_kind_weights"),
                                      ("vision", "text", "ordinal", "binding", "lookup", "focus")),
                                     ("attend", tuple(V2_STAGE8),
-                                     ("vision", "text", "ordinal", "binding", "lookup", "focus", "shape"))):
+                                     ("vision", "text", "ordinal", "binding", "lookup", "focus", "shape")),
+                                    ("sharpen", (*V2_STAGE9, "sharpen_kind_weights"),
+                                     ("vision", "text", "ordinal", "binding", "lookup", "focus", "shape",
+                                      "attend"))):
             if keys[0] not in saved["recipe"]:
                 assert saved["progress"]["stage"] in before, (stage, saved["progress"])
                 saved["recipe"].update({k: recipe[k] for k in keys})
         saved["recipe"].setdefault("branch", "focus")  # states saved before branches existed
         if "shape_stop" not in saved["recipe"] and "shape_steps" in saved["recipe"]:
             saved["recipe"]["shape_stop"] = recipe["shape_stop"]  # added at stage-7 step 150
+        if "attend_stop" not in saved["recipe"] and "attend_steps" in saved["recipe"]:
+            saved["recipe"]["attend_stop"] = recipe["attend_stop"]  # added at stage-8 step 100
         assert saved["recipe"] == recipe, ("recipe changed since the state was saved", saved["recipe"], recipe)
         model.load_state_dict(saved.pop("model"))
         opt_v.load_state_dict(saved.pop("opt_vision"))
@@ -374,7 +394,7 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
     # stage 6 also scores colour on 200 (at n = 40 its margin's draw decided stage 5's selection)
     val6 = [e for e in val5 if e.task != "color"] + make_examples(
         "train", 200, seed=VAL_SEED, tasks=("color",), image_size=spec.image_size)
-    stage_val = {"lookup": val5, "focus": val6, "shape": val6, "attend": val6}
+    stage_val = {"lookup": val5, "focus": val6, "shape": val6, "attend": val6, "sharpen": val6}
     base_path = state_dir / f"baseline_val_n{args.val_n}.json"
     if base_path.is_file():
         baseline = json.load(open(base_path))
@@ -468,19 +488,21 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
         ended it early."""
         start = st["progress"]["step"] if st["progress"]["stage"] == stage else 0
         end = end or steps
-        temps = (1.0, args.shape_temp, 1.0, 1.0) if stage in ("shape", "attend") else (1.0, 1.0, 1.0, 1.0)
+        temps = (1.0, args.shape_temp, 1.0, 1.0) if stage in ("shape", *ATTEND_STAGES) else (1.0, 1.0, 1.0, 1.0)
+        attend_weight = {"attend": args.attend_weight, "sharpen": args.sharpen_weight}.get(stage, 0.0)
         for step in range(start, end):
             t0 = time.perf_counter()
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, steps, lr, warmup)
             convs = next(stream)
             batch = collate(convs, tokenizer, spec)
-            attend = lookup_attention.targets(convs, batch, tokenizer, spec) if stage == "attend" else None
+            attend = lookup_attention.targets(convs, batch, tokenizer, spec, key_only=stage == "sharpen") \
+                if attend_weight else None
             seen = {}
             with lookup_attention.captured(model) if attend is not None else contextlib.nullcontext() as store:
                 def extra():
                     seen["attend"] = lookup_attention.loss(model, store, *attend, batch["attention_mask"].to(dev))
-                    return args.attend_weight * seen["attend"]
+                    return attend_weight * seen["attend"]
                 loss, aux = train_step(model, batch, dev, args.aux_weight, bool(args.aux_position), "tags",
                                        tags, temps, extra if attend is not None else None)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -522,8 +544,10 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
              FOCUS_KIND_WEIGHTS),
             ("shape", args.shape_steps, args.shape_stop, args.shape_lr, args.shape_warmup, args.shape_seed,
              SHAPE_KIND_WEIGHTS),
-            ("attend", args.attend_steps, 0, args.attend_lr, args.attend_warmup, args.attend_seed,
-             SHAPE_KIND_WEIGHTS)):
+            ("attend", args.attend_steps, args.attend_stop, args.attend_lr, args.attend_warmup,
+             args.attend_seed, SHAPE_KIND_WEIGHTS),
+            ("sharpen", args.sharpen_steps, 0, args.sharpen_lr, args.sharpen_warmup, args.sharpen_seed,
+             SHARPEN_KIND_WEIGHTS)):
         now = st["progress"]["stage"]
         if stage not in order or (now in order and order.index(now) > order.index(stage)):
             continue
@@ -565,10 +589,10 @@ def main() -> None:
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None,
                         help=f"v1 {v}, v2 {V2_DEFAULTS[k]}")
     for k, v in {**V2_EXTRA, **V2_STAGE3, **V2_STAGE4, **V2_STAGE5, **V2_STAGE6, **V2_STAGE7,
-                 **V2_STAGE8}.items():
+                 **V2_STAGE8, **V2_STAGE9}.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v, help="v2 only")
     ap.add_argument("--branch", choices=tuple(BRANCHES), default="shape",
-                    help="v2: stages after stage 3: shape (stages 7 and 8, the default path) or "
+                    help="v2: stages after stage 3: shape (stages 7-9, the default path) or "
                          "focus (stages 4-6, explored and not selected)")
     ap.add_argument("--state-dir", default=str(V2_STATE), help="v2: resumable state, val history (not in git)")
     ap.add_argument("--stop-at-step", type=int, default=0, help="v2: checkpoint and exit at this stage-2 step")

@@ -70,3 +70,20 @@ def test_loss_is_the_eager_attention_mass():
     want = -torch.log(best + 1e-6).mean()
     assert torch.allclose(got, want, rtol=1e-4), (got, want)
     assert got > 0.5  # an untrained model does not find the objects
+
+
+def test_key_only_supervises_the_position_predicting_the_found_word():
+    spec = ModelSpec()
+    tok = build_tokenizer(spec)
+    conv = next(c for c in (make_conversation("single", "train", i, seed=0) for i in range(20))
+                if any(q.startswith("What color") for q, _ in c.turns))
+    batch = collate([conv], tok, spec)
+    _, every, _ = la.targets([conv], batch, tok, spec)
+    rows, poss, mask = la.targets([conv], batch, tok, spec, key_only=True)
+    asked = [(q, a) for q, a in conv.turns if la.named(q)]
+    assert len(poss) == len(asked) < len(every)  # one position per lookup turn
+    for p, (q, a) in zip(poss.tolist(), asked):
+        # the position p predicts token p + 1: the word the lookup found
+        found = tok.decode([batch["input_ids"][0, p + 1].item()]).strip()
+        assert found in la.KEY_WORDS and found not in q, (q, a, found)
+        assert found in a.rstrip(".").split(), (q, a, found)
