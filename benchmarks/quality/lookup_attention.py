@@ -160,8 +160,9 @@ def captured(model, layers=LAYERS):
 
 
 def loss(model, store: dict, rows: torch.Tensor, poss: torch.Tensor, mask: torch.Tensor,
-         attention_mask: torch.Tensor) -> torch.Tensor:
-    """``-log`` of the best head's attention mass on the targets, mean over entries."""
+         attention_mask: torch.Tensor, head: tuple[int, int] | None = None) -> torch.Tensor:
+    """``-log`` of the best head's attention mass on the targets, mean over entries;
+    ``head=(layer, index)``: that head's, always (it must be in ``store``)."""
     if len(rows) == 0:
         return torch.zeros((), device=attention_mask.device)
     decoder = model.model.language_model.layers
@@ -171,6 +172,8 @@ def loss(model, store: dict, rows: torch.Tensor, poss: torch.Tensor, mask: torch
     allowed = (torch.arange(seq, device=dev)[None] <= poss[:, None]) & attention_mask[rows].bool()
     masses = []
     for layer, (hidden, cos, sin) in store.items():
+        if head is not None and layer != head[0]:
+            continue
         attn = decoder[layer].self_attn
         d = attn.head_dim
         cos, sin = cos.expand(hidden.shape[0], -1, -1), sin.expand(hidden.shape[0], -1, -1)  # (1 or B, S, d)
@@ -183,6 +186,7 @@ def loss(model, store: dict, rows: torch.Tensor, poss: torch.Tensor, mask: torch
         scores = torch.einsum("ehd,eshd->ehs", q.float(), kk.float()) * attn.scaling
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
         p = scores.softmax(-1)
-        masses.append((p * mask[:, None]).sum(-1))  # (E, H)
+        m = (p * mask[:, None]).sum(-1)  # (E, H)
+        masses.append(m if head is None else m[:, head[1]:head[1] + 1])
     mass = torch.cat(masses, dim=1)  # (E, layers * heads)
     return -torch.log(mass.max(dim=1).values + 1e-6).mean()

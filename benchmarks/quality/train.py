@@ -147,11 +147,23 @@ V2_STAGE8 = dict(attend_steps=300, attend_lr=5e-4, attend_warmup=30, attend_seed
 # later positions the answer already written finds the object, which is where stage 8's
 # loss fell to 0.08), on a stream with more of the conversations where the colour
 # alone does not find the object.
-V2_STAGE9 = dict(sharpen_steps=400, sharpen_lr=5e-4, sharpen_warmup=20, sharpen_seed=7000, sharpen_weight=1.0)
+# Stopped at sharpen_stop: on 16 two-image validation differ prompts with a colour
+# decoy the best head found the object in every one (mass 0.96-1.0, decoy 0-0.04; 0.04-0.95
+# in the stage-3 model), yet differ stayed 0.637 / 0.630 and colour 0.43 / 0.45 at steps
+# 50 / 100: which head finds it changes from prompt to prompt, so no later layer can rely
+# on reading it.
+V2_STAGE9 = dict(sharpen_steps=400, sharpen_lr=5e-4, sharpen_warmup=20, sharpen_seed=7000, sharpen_weight=1.0,
+                 sharpen_stop=100)
+# Stage 10 (recipe_v2 docstring, item 14): the same loss on one fixed head, layer 5 head 3
+# (the head with the most attention on the object in the stage-3 model: 0.55 on those 16
+# prompts, 0.39 on the decoy), so its output is where the object's features always are.
+V2_STAGE10 = dict(retrieve_steps=400, retrieve_lr=5e-4, retrieve_warmup=20, retrieve_seed=8000,
+                  retrieve_weight=1.0, retrieve_layer=5, retrieve_head=3)
 SHARPEN_KIND_WEIGHTS = {"single": 2.0, "caption": 0.5, "differ": 2.0, "spot": 1.0, "compare": 0.5,
                         "ordinal": 0.5, "binding": 2.0, "lookup": 3.0}
-ATTEND_STAGES = ("attend", "sharpen")  # stages with lookup_attention's loss
-BRANCHES = {"shape": ("ordinal", "shape", "attend", "sharpen"), "focus": ("ordinal", "binding", "lookup", "focus")}
+ATTEND_STAGES = ("attend", "sharpen", "retrieve")  # stages with lookup_attention's loss
+BRANCHES = {"shape": ("ordinal", "shape", "attend", "sharpen", "retrieve"),
+            "focus": ("ordinal", "binding", "lookup", "focus")}
 V2_OUT = ROOT / "plphp_dev" / "quality" / "model_v2"
 V2_STATE = ROOT / ".train_state" / "v2"
 # Measured on this repo's 2-core CPU machine (AMD EPYC, AVX2, 2 threads), see
@@ -330,6 +342,7 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
               **{k: getattr(args, k) for k in V2_STAGE7}, "shape_kind_weights": SHAPE_KIND_WEIGHTS,
               **{k: getattr(args, k) for k in V2_STAGE8},
               **{k: getattr(args, k) for k in V2_STAGE9}, "sharpen_kind_weights": SHARPEN_KIND_WEIGHTS,
+              **{k: getattr(args, k) for k in V2_STAGE10},
               "branch": args.branch}
     st = {"progress": {"stage": "vision", "step": 0}, "best": None, "history": [], "val": [],
           "train_s": 0.0, "init": init_info, "recipe": recipe, "commands": []}
@@ -349,7 +362,10 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
                                      ("vision", "text", "ordinal", "binding", "lookup", "focus", "shape")),
                                     ("sharpen", (*V2_STAGE9, "sharpen_kind_weights"),
                                      ("vision", "text", "ordinal", "binding", "lookup", "focus", "shape",
-                                      "attend"))):
+                                      "attend")),
+                                    ("retrieve", tuple(V2_STAGE10),
+                                     ("vision", "text", "ordinal", "binding", "lookup", "focus", "shape",
+                                      "attend", "sharpen"))):
             if keys[0] not in saved["recipe"]:
                 assert saved["progress"]["stage"] in before, (stage, saved["progress"])
                 saved["recipe"].update({k: recipe[k] for k in keys})
@@ -358,6 +374,8 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
             saved["recipe"]["shape_stop"] = recipe["shape_stop"]  # added at stage-7 step 150
         if "attend_stop" not in saved["recipe"] and "attend_steps" in saved["recipe"]:
             saved["recipe"]["attend_stop"] = recipe["attend_stop"]  # added at stage-8 step 100
+        if "sharpen_stop" not in saved["recipe"] and "sharpen_steps" in saved["recipe"]:
+            saved["recipe"]["sharpen_stop"] = recipe["sharpen_stop"]  # added at stage-9 step 100
         assert saved["recipe"] == recipe, ("recipe changed since the state was saved", saved["recipe"], recipe)
         model.load_state_dict(saved.pop("model"))
         opt_v.load_state_dict(saved.pop("opt_vision"))
@@ -394,7 +412,7 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
     # stage 6 also scores colour on 200 (at n = 40 its margin's draw decided stage 5's selection)
     val6 = [e for e in val5 if e.task != "color"] + make_examples(
         "train", 200, seed=VAL_SEED, tasks=("color",), image_size=spec.image_size)
-    stage_val = {"lookup": val5, "focus": val6, "shape": val6, "attend": val6, "sharpen": val6}
+    stage_val = {"lookup": val5, "focus": val6, **dict.fromkeys(("shape", *ATTEND_STAGES), val6)}
     base_path = state_dir / f"baseline_val_n{args.val_n}.json"
     if base_path.is_file():
         baseline = json.load(open(base_path))
@@ -489,19 +507,23 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
         start = st["progress"]["step"] if st["progress"]["stage"] == stage else 0
         end = end or steps
         temps = (1.0, args.shape_temp, 1.0, 1.0) if stage in ("shape", *ATTEND_STAGES) else (1.0, 1.0, 1.0, 1.0)
-        attend_weight = {"attend": args.attend_weight, "sharpen": args.sharpen_weight}.get(stage, 0.0)
+        attend_weight = {"attend": args.attend_weight, "sharpen": args.sharpen_weight,
+                         "retrieve": args.retrieve_weight}.get(stage, 0.0)
+        head = (args.retrieve_layer, args.retrieve_head) if stage == "retrieve" else None
         for step in range(start, end):
             t0 = time.perf_counter()
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, steps, lr, warmup)
             convs = next(stream)
             batch = collate(convs, tokenizer, spec)
-            attend = lookup_attention.targets(convs, batch, tokenizer, spec, key_only=stage == "sharpen") \
-                if attend_weight else None
+            attend = lookup_attention.targets(convs, batch, tokenizer, spec,
+                                              key_only=stage in ("sharpen", "retrieve")) if attend_weight else None
             seen = {}
-            with lookup_attention.captured(model) if attend is not None else contextlib.nullcontext() as store:
+            layers = (head[0],) if head else lookup_attention.LAYERS
+            with lookup_attention.captured(model, layers) if attend is not None else contextlib.nullcontext() as store:
                 def extra():
-                    seen["attend"] = lookup_attention.loss(model, store, *attend, batch["attention_mask"].to(dev))
+                    seen["attend"] = lookup_attention.loss(model, store, *attend, batch["attention_mask"].to(dev),
+                                                           head)
                     return attend_weight * seen["attend"]
                 loss, aux = train_step(model, batch, dev, args.aux_weight, bool(args.aux_position), "tags",
                                        tags, temps, extra if attend is not None else None)
@@ -546,7 +568,9 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
              SHAPE_KIND_WEIGHTS),
             ("attend", args.attend_steps, args.attend_stop, args.attend_lr, args.attend_warmup,
              args.attend_seed, SHAPE_KIND_WEIGHTS),
-            ("sharpen", args.sharpen_steps, 0, args.sharpen_lr, args.sharpen_warmup, args.sharpen_seed,
+            ("sharpen", args.sharpen_steps, args.sharpen_stop, args.sharpen_lr, args.sharpen_warmup, args.sharpen_seed,
+             SHARPEN_KIND_WEIGHTS),
+            ("retrieve", args.retrieve_steps, 0, args.retrieve_lr, args.retrieve_warmup, args.retrieve_seed,
              SHARPEN_KIND_WEIGHTS)):
         now = st["progress"]["stage"]
         if stage not in order or (now in order and order.index(now) > order.index(stage)):
@@ -589,10 +613,10 @@ def main() -> None:
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None,
                         help=f"v1 {v}, v2 {V2_DEFAULTS[k]}")
     for k, v in {**V2_EXTRA, **V2_STAGE3, **V2_STAGE4, **V2_STAGE5, **V2_STAGE6, **V2_STAGE7,
-                 **V2_STAGE8, **V2_STAGE9}.items():
+                 **V2_STAGE8, **V2_STAGE9, **V2_STAGE10}.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v, help="v2 only")
     ap.add_argument("--branch", choices=tuple(BRANCHES), default="shape",
-                    help="v2: stages after stage 3: shape (stages 7-9, the default path) or "
+                    help="v2: stages after stage 3: shape (stages 7-10, the default path) or "
                          "focus (stages 4-6, explored and not selected)")
     ap.add_argument("--state-dir", default=str(V2_STATE), help="v2: resumable state, val history (not in git)")
     ap.add_argument("--stop-at-step", type=int, default=0, help="v2: checkpoint and exit at this stage-2 step")

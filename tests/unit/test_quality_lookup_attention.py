@@ -70,6 +70,12 @@ def test_loss_is_the_eager_attention_mass():
     want = -torch.log(best + 1e-6).mean()
     assert torch.allclose(got, want, rtol=1e-4), (got, want)
     assert got > 0.5  # an untrained model does not find the objects
+    one = -torch.log((out.attentions[3][rows, 1, poss] * mask).sum(-1) + 1e-6).mean()
+    with torch.no_grad(), la.captured(model, (3,)) as store:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+              pixel_values=batch["pixel_values"])
+        fixed = la.loss(model, store, rows, poss, mask, batch["attention_mask"], head=(3, 1))
+    assert torch.allclose(fixed, one, rtol=1e-4) and fixed >= got, (fixed, one, got)
 
 
 def test_key_only_supervises_the_position_predicting_the_found_word():
