@@ -83,6 +83,7 @@ from eval_hf import evaluate, format_table
 from plphp_dev.quality.model import ModelSpec, build_tokenizer, load_checkpoint, new_model, save_checkpoint
 from plphp_dev.quality.conversations import KINDS
 from plphp_dev.quality.tasks import TASKS, chance_score, make_examples
+import image_index
 import lookup_attention
 from recipe_v2 import VAL_SEED, tag_aux_loss
 
@@ -159,10 +160,15 @@ V2_STAGE9 = dict(sharpen_steps=400, sharpen_lr=5e-4, sharpen_warmup=20, sharpen_
 # prompts, 0.39 on the decoy), so its output is where the object's features always are.
 V2_STAGE10 = dict(retrieve_steps=400, retrieve_lr=5e-4, retrieve_warmup=20, retrieve_seed=8000,
                   retrieve_weight=1.0, retrieve_layer=5, retrieve_head=3)
+# Stage 11 (recipe_v2 docstring, item 15): stage 10's loss plus image_index's: a
+# training-only linear probe must read each image token's image index from the input
+# of layer retrieve_layer's attention (the stage-3 model: 0.81 on 3-image prompts).
+V2_STAGE11 = dict(index_steps=400, index_lr=5e-4, index_warmup=20, index_seed=9000, index_weight=0.5,
+                  index_probe_lr=1e-3)
 SHARPEN_KIND_WEIGHTS = {"single": 2.0, "caption": 0.5, "differ": 2.0, "spot": 1.0, "compare": 0.5,
                         "ordinal": 0.5, "binding": 2.0, "lookup": 3.0}
-ATTEND_STAGES = ("attend", "sharpen", "retrieve")  # stages with lookup_attention's loss
-BRANCHES = {"shape": ("ordinal", "shape", "attend", "sharpen", "retrieve"),
+ATTEND_STAGES = ("attend", "sharpen", "retrieve", "index")  # stages with lookup_attention's loss
+BRANCHES = {"shape": ("ordinal", "shape", "attend", "sharpen", "retrieve", "index"),
             "focus": ("ordinal", "binding", "lookup", "focus")}
 V2_OUT = ROOT / "plphp_dev" / "quality" / "model_v2"
 V2_STATE = ROOT / ".train_state" / "v2"
@@ -331,6 +337,8 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
     vparams = vision_parameters(model)
     opt_v = make_optimizer(model, args.vision_lr, only=vparams)
     opt = make_optimizer(model, args.lr)
+    probe = image_index.Probe(spec.hidden_size).to(dev)  # stage 11's, training only
+    opt_probe = torch.optim.AdamW(probe.parameters(), lr=args.index_probe_lr)
     stream = ConvStream(args.seed, args.batch_size, weights, spec.image_size)
     n_params = sum(p.numel() for p in model.parameters())
     recipe = {**{k: getattr(args, k) for k in V2_DEFAULTS}, **{k: getattr(args, k) for k in V2_EXTRA},
@@ -343,6 +351,7 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
               **{k: getattr(args, k) for k in V2_STAGE8},
               **{k: getattr(args, k) for k in V2_STAGE9}, "sharpen_kind_weights": SHARPEN_KIND_WEIGHTS,
               **{k: getattr(args, k) for k in V2_STAGE10},
+              **{k: getattr(args, k) for k in V2_STAGE11},
               "branch": args.branch}
     st = {"progress": {"stage": "vision", "step": 0}, "best": None, "history": [], "val": [],
           "train_s": 0.0, "init": init_info, "recipe": recipe, "commands": []}
@@ -365,7 +374,10 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
                                       "attend")),
                                     ("retrieve", tuple(V2_STAGE10),
                                      ("vision", "text", "ordinal", "binding", "lookup", "focus", "shape",
-                                      "attend", "sharpen"))):
+                                      "attend", "sharpen")),
+                                    ("index", tuple(V2_STAGE11),
+                                     ("vision", "text", "ordinal", "binding", "lookup", "focus", "shape",
+                                      "attend", "sharpen", "retrieve"))):
             if keys[0] not in saved["recipe"]:
                 assert saved["progress"]["stage"] in before, (stage, saved["progress"])
                 saved["recipe"].update({k: recipe[k] for k in keys})
@@ -380,6 +392,9 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
         model.load_state_dict(saved.pop("model"))
         opt_v.load_state_dict(saved.pop("opt_vision"))
         opt.load_state_dict(saved.pop("opt"))
+        if "index_probe" in saved:
+            probe.load_state_dict(saved.pop("index_probe"))
+            opt_probe.load_state_dict(saved.pop("opt_index_probe"))
         torch.set_rng_state(saved.pop("torch_rng"))
         st = saved
         print(f"resumed {state_path} at {st['progress']}", flush=True)
@@ -426,7 +441,8 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
     def save_state() -> None:
         tmp = str(state_path) + ".tmp"
         torch.save({**st, "model": model.state_dict(), "opt_vision": opt_v.state_dict(),
-                    "opt": opt.state_dict(), "torch_rng": torch.get_rng_state()}, tmp)
+                    "opt": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "index_probe": probe.state_dict(), "opt_index_probe": opt_probe.state_dict()}, tmp)
         os.replace(tmp, state_path)
 
     def train_info(selected_eval=None) -> dict:
@@ -508,8 +524,10 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
         end = end or steps
         temps = (1.0, args.shape_temp, 1.0, 1.0) if stage in ("shape", *ATTEND_STAGES) else (1.0, 1.0, 1.0, 1.0)
         attend_weight = {"attend": args.attend_weight, "sharpen": args.sharpen_weight,
-                         "retrieve": args.retrieve_weight}.get(stage, 0.0)
-        head = (args.retrieve_layer, args.retrieve_head) if stage == "retrieve" else None
+                         "retrieve": args.retrieve_weight, "index": args.retrieve_weight}.get(stage, 0.0)
+        head = (args.retrieve_layer, args.retrieve_head) if stage in ("retrieve", "index") else None
+        index_weight = args.index_weight if stage == "index" else 0.0
+        image_id = tokenizer.convert_tokens_to_ids("<image>")
         for step in range(start, end):
             t0 = time.perf_counter()
             for g in opt.param_groups:
@@ -517,25 +535,32 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
             convs = next(stream)
             batch = collate(convs, tokenizer, spec)
             attend = lookup_attention.targets(convs, batch, tokenizer, spec,
-                                              key_only=stage in ("sharpen", "retrieve")) if attend_weight else None
+                                              key_only=stage != "attend") if attend_weight else None
             seen = {}
             layers = (head[0],) if head else lookup_attention.LAYERS
             with lookup_attention.captured(model, layers) if attend is not None else contextlib.nullcontext() as store:
                 def extra():
                     seen["attend"] = lookup_attention.loss(model, store, *attend, batch["attention_mask"].to(dev),
                                                            head)
-                    return attend_weight * seen["attend"]
+                    if not index_weight:
+                        return attend_weight * seen["attend"]
+                    labels = image_index.labels(batch["input_ids"], image_id, spec.num_image_tokens).to(dev)
+                    seen["index"] = image_index.loss(probe, store[head[0]][0], labels)
+                    return attend_weight * seen["attend"] + index_weight * seen["index"]
                 loss, aux = train_step(model, batch, dev, args.aux_weight, bool(args.aux_position), "tags",
                                        tags, temps, extra if attend is not None else None)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if index_weight:
+                opt_probe.step()
+                opt_probe.zero_grad(set_to_none=True)
             st["train_s"] += time.perf_counter() - t0
             st["progress"] = {"stage": stage, "step": step + 1}
             if (step + 1) % args.log_every == 0:
                 st["history"].append({"stage": stage, "step": step + 1, "loss": round(loss, 4),
                                       "aux": round(aux, 4), "images": len(convs[0].images),
-                                      **({"attend": round(seen["attend"].item(), 4)} if seen else {}),
+                                      **{k: round(v.item(), 4) for k, v in seen.items()},
                                       "train_s": round(st["train_s"], 1)})
                 print(json.dumps(st["history"][-1]), flush=True)
             if (step + 1) % args.ckpt_every == 0 or step + 1 == end:
@@ -570,7 +595,9 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
              args.attend_seed, SHAPE_KIND_WEIGHTS),
             ("sharpen", args.sharpen_steps, args.sharpen_stop, args.sharpen_lr, args.sharpen_warmup, args.sharpen_seed,
              SHARPEN_KIND_WEIGHTS),
-            ("retrieve", args.retrieve_steps, 0, args.retrieve_lr, args.retrieve_warmup, args.retrieve_seed,
+            ("retrieve", args.retrieve_steps, args.retrieve_stop, args.retrieve_lr, args.retrieve_warmup,
+             args.retrieve_seed, SHARPEN_KIND_WEIGHTS),
+            ("index", args.index_steps, 0, args.index_lr, args.index_warmup, args.index_seed,
              SHARPEN_KIND_WEIGHTS)):
         now = st["progress"]["stage"]
         if stage not in order or (now in order and order.index(now) > order.index(stage)):
@@ -613,10 +640,10 @@ def main() -> None:
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None,
                         help=f"v1 {v}, v2 {V2_DEFAULTS[k]}")
     for k, v in {**V2_EXTRA, **V2_STAGE3, **V2_STAGE4, **V2_STAGE5, **V2_STAGE6, **V2_STAGE7,
-                 **V2_STAGE8, **V2_STAGE9, **V2_STAGE10}.items():
+                 **V2_STAGE8, **V2_STAGE9, **V2_STAGE10, **V2_STAGE11}.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v, help="v2 only")
     ap.add_argument("--branch", choices=tuple(BRANCHES), default="shape",
-                    help="v2: stages after stage 3: shape (stages 7-10, the default path) or "
+                    help="v2: stages after stage 3: shape (stages 7-11, the default path) or "
                          "focus (stages 4-6, explored and not selected)")
     ap.add_argument("--state-dir", default=str(V2_STATE), help="v2: resumable state, val history (not in git)")
     ap.add_argument("--stop-at-step", type=int, default=0, help="v2: checkpoint and exit at this stage-2 step")

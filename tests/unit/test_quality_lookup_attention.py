@@ -1,6 +1,7 @@
-"""Recipe v2's stage-8 loss (``benchmarks/quality/lookup_attention.py``): the
-questions it reads, the patches it targets, and its attention against
-transformers' own eager attention weights (an untrained model, no checkpoint)."""
+"""Recipe v2's stage 8-11 losses (``benchmarks/quality/lookup_attention.py``,
+``image_index.py``): the questions read, the patches targeted, the attention
+against transformers' own eager attention weights (an untrained model, no
+checkpoint), and the image-index labels."""
 
 import sys
 from pathlib import Path
@@ -93,3 +94,17 @@ def test_key_only_supervises_the_position_predicting_the_found_word():
         found = tok.decode([batch["input_ids"][0, p + 1].item()]).strip()
         assert found in la.KEY_WORDS and found not in q, (q, a, found)
         assert found in a.rstrip(".").split(), (q, a, found)
+
+
+def test_image_index_labels_count_image_blocks_per_row():
+    import image_index
+
+    ids = torch.tensor([[1, 9, 9, 9, 9, 5, 9, 9, 9, 9, 7, 0],
+                        [1, 9, 9, 9, 9, 5, 7, 0, 0, 0, 0, 0]])
+    lab = image_index.labels(ids, image_id=9, tokens_per_image=4)
+    assert lab[0].tolist() == [-100, 0, 0, 0, 0, -100, 1, 1, 1, 1, -100, -100]
+    assert lab[1].tolist() == [-100, 0, 0, 0, 0] + [-100] * 7
+    probe = image_index.Probe(8)
+    hidden = torch.randn(2, 12, 8)
+    want = torch.nn.functional.cross_entropy(probe(hidden[lab != -100]), lab[lab != -100])
+    assert torch.allclose(image_index.loss(probe, hidden, lab), want)
