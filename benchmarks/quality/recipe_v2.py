@@ -137,7 +137,20 @@ standard llava-hf CLIP + MLP projector + Llama, loadable by vLLM unchanged)
 14. Stage 10 (``train.V2_STAGE10``, from stage 9's step 100): the same loss on
    one fixed head, layer 5 head 3 (in the stage-3 model the head with the
    most attention on the named object of those prompts: 0.55, decoy 0.39),
-   so the object's features are always in that head's output.
+   so the object's features are always in that head's output.  Stopped at
+   step 150 (``retrieve_stop``): differ 0.600 / 0.667 / 0.643 and colour
+   0.42 / 0.455 / 0.425 at steps 50 / 100 / 150.  Step 100, the first
+   checkpoint with differ 20 points above chance on validation, scored 0.614
+   [0.586, 0.641] on the test split (1200 prompts, ``differ_breakdown.py
+   --split test``; stage 3: 0.592): 0.71 on 2 images but 0.43 on 3, 0.41
+   when the other images held both near misses.
+15. Stage 11 (``train.V2_STAGE11``, from stage 10's step 150): stage 10's loss
+   plus ``image_index``'s: in the stage-3 model a linear probe read the image
+   index of object patches from layer 5's input at only 0.81 on 3-image
+   prompts (0.35 / 0.68 / 0.78 from the inputs of layers 0 / 2 / 4), so a
+   head that finds the object by content can say which image holds it no
+   better than that.  A training-only probe's cross-entropy asks layer 5's
+   input to carry the index.
 
 Measured in short vision-only runs (1 thread, shared CPU, 100-200 steps of
 32 scenes, probe accuracy colour/shape/row/column):

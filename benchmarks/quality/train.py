@@ -158,8 +158,10 @@ V2_STAGE9 = dict(sharpen_steps=400, sharpen_lr=5e-4, sharpen_warmup=20, sharpen_
 # Stage 10 (recipe_v2 docstring, item 14): the same loss on one fixed head, layer 5 head 3
 # (the head with the most attention on the object in the stage-3 model: 0.55 on those 16
 # prompts, 0.39 on the decoy), so its output is where the object's features always are.
+# Stopped at retrieve_stop: differ 0.600 / 0.667 / 0.643 and colour 0.42 / 0.455 / 0.425
+# at steps 50 / 100 / 150 (step 100 on the test split, 1200 prompts: 0.614, 3 images 0.43).
 V2_STAGE10 = dict(retrieve_steps=400, retrieve_lr=5e-4, retrieve_warmup=20, retrieve_seed=8000,
-                  retrieve_weight=1.0, retrieve_layer=5, retrieve_head=3)
+                  retrieve_weight=1.0, retrieve_layer=5, retrieve_head=3, retrieve_stop=150)
 # Stage 11 (recipe_v2 docstring, item 15): stage 10's loss plus image_index's: a
 # training-only linear probe must read each image token's image index from the input
 # of layer retrieve_layer's attention (the stage-3 model: 0.81 on 3-image prompts).
@@ -388,6 +390,8 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
             saved["recipe"]["attend_stop"] = recipe["attend_stop"]  # added at stage-8 step 100
         if "sharpen_stop" not in saved["recipe"] and "sharpen_steps" in saved["recipe"]:
             saved["recipe"]["sharpen_stop"] = recipe["sharpen_stop"]  # added at stage-9 step 100
+        if "retrieve_stop" not in saved["recipe"] and "retrieve_steps" in saved["recipe"]:
+            saved["recipe"]["retrieve_stop"] = recipe["retrieve_stop"]  # added at stage-10 step 150
         assert saved["recipe"] == recipe, ("recipe changed since the state was saved", saved["recipe"], recipe)
         model.load_state_dict(saved.pop("model"))
         opt_v.load_state_dict(saved.pop("opt_vision"))
