@@ -25,8 +25,11 @@ from plphp_dev.quality.tasks import MAX_IMAGES
 
 
 class Probe(torch.nn.Linear):
-    def __init__(self, hidden_size: int):
-        super().__init__(hidden_size, MAX_IMAGES)
+    """hidden -> ``classes`` logits (the image index by default; stage 12 reads the
+    asked colour and shape with two more)."""
+
+    def __init__(self, hidden_size: int, classes: int = MAX_IMAGES):
+        super().__init__(hidden_size, classes)
 
 
 def labels(input_ids: torch.Tensor, image_id: int, tokens_per_image: int) -> torch.Tensor:

@@ -88,13 +88,15 @@ def key_token(question: str, answer_tokens: list[str]) -> int:
     return -1
 
 
-def targets(convs, batch: dict, tokenizer, spec, key_only: bool = False
+def targets(convs, batch: dict, tokenizer, spec, key_only: bool = False, names: list | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(rows, positions, target mask)``: one entry per supervised query
     position, ``mask``: (entries, seq) bool over the key positions to find.
     Supervised positions: every one that predicts an answer token, or with
     ``key_only`` only the one that predicts ``key_token`` (later positions can
-    find the object from the answer already written)."""
+    find the object from the answer already written).  ``names``: when given, gets
+    each entry's ``(colour index, shape index)`` in ``COLOR_NAMES`` / ``SHAPES``
+    (-100 for an attribute the question does not name)."""
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     colour_ids = {c: encode(tokenizer, " " + c)[0] for c in COLOR_NAMES}
     shape_ids = {s: encode(tokenizer, " " + s)[0] for s in SHAPES}
@@ -126,6 +128,9 @@ def targets(convs, batch: dict, tokenizer, spec, key_only: bool = False
                 j = key_token(question, [tokenizer.decode([i]) for i in encode(tokenizer, " " + answer)])
                 run = [run[j]] if j >= 0 else []
             for p in run:
+                if names is not None:
+                    names.append((COLOR_NAMES.index(ask[0]) if ask[0] else -100,
+                                  SHAPES.index(ask[1]) if ask[1] else -100))
                 rows.append(b)
                 poss.append(p)
                 masks.append(mask)
@@ -190,3 +195,4 @@ def loss(model, store: dict, rows: torch.Tensor, poss: torch.Tensor, mask: torch
         masses.append(m if head is None else m[:, head[1]:head[1] + 1])
     mass = torch.cat(masses, dim=1)  # (E, layers * heads)
     return -torch.log(mass.max(dim=1).values + 1e-6).mean()
+

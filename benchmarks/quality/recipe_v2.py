@@ -150,7 +150,20 @@ standard llava-hf CLIP + MLP projector + Llama, loadable by vLLM unchanged)
    prompts (0.35 / 0.68 / 0.78 from the inputs of layers 0 / 2 / 4), so a
    head that finds the object by content can say which image holds it no
    better than that.  A training-only probe's cross-entropy asks layer 5's
-   input to carry the index.
+   input to carry the index.  Stopped at step 150 (``index_stop``): the probe
+   read the index (loss 0.03), but differ was 0.627 / 0.640 / 0.633 at steps
+   50 / 100 / 150.  On 24 two-image validation prompts whose other image held
+   both near misses, head (5, 3) put 0.44 of its attention on the object,
+   0.55 on the colour decoy and 0.00 on the shape decoy: it keys on colour
+   alone, supervision or not.  Why: a linear probe on the answer position's
+   hidden state (the query's source) reads the asked colour from layer 2's
+   input on (1.00) but the asked shape only from layer 6's (0.22-0.27 at the
+   inputs of layers 2-5, chance 0.2; 0.72 at layer 6).  Up to layer 5 the
+   query does not know the shape it looks for.
+16. Stage 12 (``train.V2_STAGE12``, from stage 11's step 150): stage 11's
+   losses plus two training-only probes that must read the asked colour and
+   shape from the key position's input to layer 5 (``lookup_attention.targets``
+   ``names``), so the query can key on both.
 
 Measured in short vision-only runs (1 thread, shared CPU, 100-200 steps of
 32 scenes, probe accuracy colour/shape/row/column):

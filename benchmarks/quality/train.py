@@ -82,6 +82,7 @@ from plphp_dev.quality import MODEL_DIR
 from eval_hf import evaluate, format_table
 from plphp_dev.quality.model import ModelSpec, build_tokenizer, load_checkpoint, new_model, save_checkpoint
 from plphp_dev.quality.conversations import KINDS
+from plphp_dev.quality.scenes import COLOR_NAMES, SHAPES
 from plphp_dev.quality.tasks import TASKS, chance_score, make_examples
 import image_index
 import lookup_attention
@@ -166,11 +167,21 @@ V2_STAGE10 = dict(retrieve_steps=400, retrieve_lr=5e-4, retrieve_warmup=20, retr
 # training-only linear probe must read each image token's image index from the input
 # of layer retrieve_layer's attention (the stage-3 model: 0.81 on 3-image prompts).
 V2_STAGE11 = dict(index_steps=400, index_lr=5e-4, index_warmup=20, index_seed=9000, index_weight=0.5,
-                  index_probe_lr=1e-3)
+                  index_probe_lr=1e-3, index_stop=150)
 SHARPEN_KIND_WEIGHTS = {"single": 2.0, "caption": 0.5, "differ": 2.0, "spot": 1.0, "compare": 0.5,
                         "ordinal": 0.5, "binding": 2.0, "lookup": 3.0}
-ATTEND_STAGES = ("attend", "sharpen", "retrieve", "index")  # stages with lookup_attention's loss
-BRANCHES = {"shape": ("ordinal", "shape", "attend", "sharpen", "retrieve", "index"),
+# Stopped at index_stop: the probe read the image index (loss 0.03) but differ was
+# 0.627 / 0.640 at steps 50 / 100, and on 24 two-image validation prompts with both near
+# misses head (5, 3) split 0.44 on the object, 0.55 on the colour decoy, 0.00 on the shape
+# decoy: it keys on colour only.  A linear probe on the answer position's hidden state
+# reads the asked colour from layer 2's input on (1.00) but the asked shape only from
+# layer 6's (0.22-0.27 at layers 2-5, 0.72 at 6): the query cannot key on the shape.
+# Stage 12 (recipe_v2 docstring, item 16): stage 11's losses plus two training-only
+# probes that must read the asked colour and shape from the key position's input to
+# layer retrieve_layer (what that layer's queries are made from).
+V2_STAGE12 = dict(query_steps=400, query_lr=5e-4, query_warmup=20, query_seed=10000, query_weight=0.5)
+ATTEND_STAGES = ("attend", "sharpen", "retrieve", "index", "query")  # stages with lookup_attention's loss
+BRANCHES = {"shape": ("ordinal", "shape", "attend", "sharpen", "retrieve", "index", "query"),
             "focus": ("ordinal", "binding", "lookup", "focus")}
 V2_OUT = ROOT / "plphp_dev" / "quality" / "model_v2"
 V2_STATE = ROOT / ".train_state" / "v2"
@@ -341,6 +352,9 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
     opt = make_optimizer(model, args.lr)
     probe = image_index.Probe(spec.hidden_size).to(dev)  # stage 11's, training only
     opt_probe = torch.optim.AdamW(probe.parameters(), lr=args.index_probe_lr)
+    qprobes = torch.nn.ModuleDict({"colour": image_index.Probe(spec.hidden_size, len(COLOR_NAMES)),
+                                   "shape": image_index.Probe(spec.hidden_size, len(SHAPES))}).to(dev)  # stage 12's
+    opt_qprobes = torch.optim.AdamW(qprobes.parameters(), lr=args.index_probe_lr)
     stream = ConvStream(args.seed, args.batch_size, weights, spec.image_size)
     n_params = sum(p.numel() for p in model.parameters())
     recipe = {**{k: getattr(args, k) for k in V2_DEFAULTS}, **{k: getattr(args, k) for k in V2_EXTRA},
@@ -354,6 +368,7 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
               **{k: getattr(args, k) for k in V2_STAGE9}, "sharpen_kind_weights": SHARPEN_KIND_WEIGHTS,
               **{k: getattr(args, k) for k in V2_STAGE10},
               **{k: getattr(args, k) for k in V2_STAGE11},
+              **{k: getattr(args, k) for k in V2_STAGE12},
               "branch": args.branch}
     st = {"progress": {"stage": "vision", "step": 0}, "best": None, "history": [], "val": [],
           "train_s": 0.0, "init": init_info, "recipe": recipe, "commands": []}
@@ -379,7 +394,10 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
                                       "attend", "sharpen")),
                                     ("index", tuple(V2_STAGE11),
                                      ("vision", "text", "ordinal", "binding", "lookup", "focus", "shape",
-                                      "attend", "sharpen", "retrieve"))):
+                                      "attend", "sharpen", "retrieve")),
+                                    ("query", tuple(V2_STAGE12),
+                                     ("vision", "text", "ordinal", "binding", "lookup", "focus", "shape",
+                                      "attend", "sharpen", "retrieve", "index"))):
             if keys[0] not in saved["recipe"]:
                 assert saved["progress"]["stage"] in before, (stage, saved["progress"])
                 saved["recipe"].update({k: recipe[k] for k in keys})
@@ -392,6 +410,8 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
             saved["recipe"]["sharpen_stop"] = recipe["sharpen_stop"]  # added at stage-9 step 100
         if "retrieve_stop" not in saved["recipe"] and "retrieve_steps" in saved["recipe"]:
             saved["recipe"]["retrieve_stop"] = recipe["retrieve_stop"]  # added at stage-10 step 150
+        if "index_stop" not in saved["recipe"] and "index_steps" in saved["recipe"]:
+            saved["recipe"]["index_stop"] = recipe["index_stop"]  # added at stage-11 step 150
         assert saved["recipe"] == recipe, ("recipe changed since the state was saved", saved["recipe"], recipe)
         model.load_state_dict(saved.pop("model"))
         opt_v.load_state_dict(saved.pop("opt_vision"))
@@ -399,9 +419,27 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
         if "index_probe" in saved:
             probe.load_state_dict(saved.pop("index_probe"))
             opt_probe.load_state_dict(saved.pop("opt_index_probe"))
+        if "query_probes" in saved:
+            qprobes.load_state_dict(saved.pop("query_probes"))
+            opt_qprobes.load_state_dict(saved.pop("opt_query_probes"))
         torch.set_rng_state(saved.pop("torch_rng"))
         st = saved
         print(f"resumed {state_path} at {st['progress']}", flush=True)
+    elif args.resume_from:
+        # a committed float16 checkpoint of a later stage (its progress.json says where),
+        # so training spans sessions without state.pt; fresh optimizer state
+        src = Path(args.resume_from)
+        rec = json.load(open(src / "progress.json"))
+        info = json.load(open(out / "train_info.json"))
+        loaded, _ = load_checkpoint(str(src), dev)
+        model.load_state_dict(loaded.state_dict())
+        del loaded
+        st.update(progress={"stage": rec["stage"], "step": rec["step"]}, best=info["selected"],
+                  val=info.get("val_history", []) + [json.loads(x) for x in open(src / "val_history.jsonl")],
+                  history=info.get("loss_history", []), train_s=rec.get("train_s", 0.0))
+        if not (state_dir / "best").is_dir():
+            shutil.copytree(out, state_dir / "best")
+        print(f"resumed float16 weights of {src} at {st['progress']} (fresh optimizer state)", flush=True)
     elif args.resume and (out / "train_info.json").is_file():
         info = json.load(open(out / "train_info.json"))
         loaded, _ = load_checkpoint(str(out), dev)
@@ -446,7 +484,8 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
         tmp = str(state_path) + ".tmp"
         torch.save({**st, "model": model.state_dict(), "opt_vision": opt_v.state_dict(),
                     "opt": opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                    "index_probe": probe.state_dict(), "opt_index_probe": opt_probe.state_dict()}, tmp)
+                    "index_probe": probe.state_dict(), "opt_index_probe": opt_probe.state_dict(),
+                    "query_probes": qprobes.state_dict(), "opt_query_probes": opt_qprobes.state_dict()}, tmp)
         os.replace(tmp, state_path)
 
     def train_info(selected_eval=None) -> dict:
@@ -528,9 +567,11 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
         end = end or steps
         temps = (1.0, args.shape_temp, 1.0, 1.0) if stage in ("shape", *ATTEND_STAGES) else (1.0, 1.0, 1.0, 1.0)
         attend_weight = {"attend": args.attend_weight, "sharpen": args.sharpen_weight,
-                         "retrieve": args.retrieve_weight, "index": args.retrieve_weight}.get(stage, 0.0)
-        head = (args.retrieve_layer, args.retrieve_head) if stage in ("retrieve", "index") else None
-        index_weight = args.index_weight if stage == "index" else 0.0
+                         "retrieve": args.retrieve_weight, "index": args.retrieve_weight,
+                         "query": args.retrieve_weight}.get(stage, 0.0)
+        head = (args.retrieve_layer, args.retrieve_head) if stage in ("retrieve", "index", "query") else None
+        index_weight = args.index_weight if stage in ("index", "query") else 0.0
+        query_weight = args.query_weight if stage == "query" else 0.0
         image_id = tokenizer.convert_tokens_to_ids("<image>")
         for step in range(start, end):
             t0 = time.perf_counter()
@@ -538,8 +579,9 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
                 g["lr"] = lr_at(step, steps, lr, warmup)
             convs = next(stream)
             batch = collate(convs, tokenizer, spec)
-            attend = lookup_attention.targets(convs, batch, tokenizer, spec,
-                                              key_only=stage != "attend") if attend_weight else None
+            names: list = []
+            attend = lookup_attention.targets(convs, batch, tokenizer, spec, key_only=stage != "attend",
+                                              names=names) if attend_weight else None
             seen = {}
             layers = (head[0],) if head else lookup_attention.LAYERS
             with lookup_attention.captured(model, layers) if attend is not None else contextlib.nullcontext() as store:
@@ -550,7 +592,16 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
                         return attend_weight * seen["attend"]
                     labels = image_index.labels(batch["input_ids"], image_id, spec.num_image_tokens).to(dev)
                     seen["index"] = image_index.loss(probe, store[head[0]][0], labels)
-                    return attend_weight * seen["attend"] + index_weight * seen["index"]
+                    total = attend_weight * seen["attend"] + index_weight * seen["index"]
+                    if query_weight and names:
+                        # the key positions' input to the retrieval layer must name the asked colour and shape
+                        h = store[head[0]][0][attend[0].to(dev), attend[1].to(dev)].float()
+                        want = torch.tensor(names, device=dev)
+                        f = torch.nn.functional.cross_entropy
+                        seen["query"] = sum(f(qprobes[k](h), want[:, i], ignore_index=-100)
+                                            for i, k in enumerate(("colour", "shape")) if (want[:, i] >= 0).any())
+                        total = total + query_weight * seen["query"]
+                    return total
                 loss, aux = train_step(model, batch, dev, args.aux_weight, bool(args.aux_position), "tags",
                                        tags, temps, extra if attend is not None else None)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -559,6 +610,9 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
             if index_weight:
                 opt_probe.step()
                 opt_probe.zero_grad(set_to_none=True)
+            if query_weight:
+                opt_qprobes.step()
+                opt_qprobes.zero_grad(set_to_none=True)
             st["train_s"] += time.perf_counter() - t0
             st["progress"] = {"stage": stage, "step": step + 1}
             if (step + 1) % args.log_every == 0:
@@ -601,7 +655,9 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
              SHARPEN_KIND_WEIGHTS),
             ("retrieve", args.retrieve_steps, args.retrieve_stop, args.retrieve_lr, args.retrieve_warmup,
              args.retrieve_seed, SHARPEN_KIND_WEIGHTS),
-            ("index", args.index_steps, 0, args.index_lr, args.index_warmup, args.index_seed,
+            ("index", args.index_steps, args.index_stop, args.index_lr, args.index_warmup, args.index_seed,
+             SHARPEN_KIND_WEIGHTS),
+            ("query", args.query_steps, 0, args.query_lr, args.query_warmup, args.query_seed,
              SHARPEN_KIND_WEIGHTS)):
         now = st["progress"]["stage"]
         if stage not in order or (now in order and order.index(now) > order.index(stage)):
@@ -644,15 +700,17 @@ def main() -> None:
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None,
                         help=f"v1 {v}, v2 {V2_DEFAULTS[k]}")
     for k, v in {**V2_EXTRA, **V2_STAGE3, **V2_STAGE4, **V2_STAGE5, **V2_STAGE6, **V2_STAGE7,
-                 **V2_STAGE8, **V2_STAGE9, **V2_STAGE10, **V2_STAGE11}.items():
+                 **V2_STAGE8, **V2_STAGE9, **V2_STAGE10, **V2_STAGE11, **V2_STAGE12}.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v, help="v2 only")
     ap.add_argument("--branch", choices=tuple(BRANCHES), default="shape",
-                    help="v2: stages after stage 3: shape (stages 7-11, the default path) or "
+                    help="v2: stages after stage 3: shape (stages 7-12, the default path) or "
                          "focus (stages 4-6, explored and not selected)")
     ap.add_argument("--state-dir", default=str(V2_STATE), help="v2: resumable state, val history (not in git)")
     ap.add_argument("--stop-at-step", type=int, default=0, help="v2: checkpoint and exit at this stage-2 step")
     ap.add_argument("--resume", action="store_true", help="v2: continue from STATE_DIR/state.pt "
                     "(or, without it, from the float16 weights in --out, fresh optimizer)")
+    ap.add_argument("--resume-from", default="", help="v2: continue from a committed float16 checkpoint "
+                    "directory with progress.json and val_history.jsonl (fresh optimizer; state.pt wins)")
     ap.add_argument("--kind-weights", default="", help="conversation kinds, e.g. spot=2 (over KIND_WEIGHTS)")
     ap.add_argument("--spec", default="", help="ModelSpec overrides, e.g. num_layers=10")
     ap.add_argument("--eval-n", type=int, default=100, help="test examples per task at the end")
