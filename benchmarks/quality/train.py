@@ -179,7 +179,10 @@ SHARPEN_KIND_WEIGHTS = {"single": 2.0, "caption": 0.5, "differ": 2.0, "spot": 1.
 # Stage 12 (recipe_v2 docstring, item 16): stage 11's losses plus two training-only
 # probes that must read the asked colour and shape from the key position's input to
 # layer retrieve_layer (what that layer's queries are made from).
-V2_STAGE12 = dict(query_steps=400, query_lr=5e-4, query_warmup=20, query_seed=10000, query_weight=0.5)
+# Ends at query_stop: differ on validation 0.623 / 0.653 / 0.700 / 0.933 at steps 50-200
+# (probe loss on the asked shape 1.68 -> 0.01); step 200 is the selected checkpoint.
+V2_STAGE12 = dict(query_steps=400, query_lr=5e-4, query_warmup=20, query_seed=10000, query_weight=0.5,
+                  query_stop=200)
 ATTEND_STAGES = ("attend", "sharpen", "retrieve", "index", "query")  # stages with lookup_attention's loss
 BRANCHES = {"shape": ("ordinal", "shape", "attend", "sharpen", "retrieve", "index", "query"),
             "focus": ("ordinal", "binding", "lookup", "focus")}
@@ -412,6 +415,8 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
             saved["recipe"]["retrieve_stop"] = recipe["retrieve_stop"]  # added at stage-10 step 150
         if "index_stop" not in saved["recipe"] and "index_steps" in saved["recipe"]:
             saved["recipe"]["index_stop"] = recipe["index_stop"]  # added at stage-11 step 150
+        if "query_stop" not in saved["recipe"] and "query_steps" in saved["recipe"]:
+            saved["recipe"]["query_stop"] = recipe["query_stop"]  # added at stage-12 step 200
         assert saved["recipe"] == recipe, ("recipe changed since the state was saved", saved["recipe"], recipe)
         model.load_state_dict(saved.pop("model"))
         opt_v.load_state_dict(saved.pop("opt_vision"))
@@ -657,7 +662,7 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
              args.retrieve_seed, SHARPEN_KIND_WEIGHTS),
             ("index", args.index_steps, args.index_stop, args.index_lr, args.index_warmup, args.index_seed,
              SHARPEN_KIND_WEIGHTS),
-            ("query", args.query_steps, 0, args.query_lr, args.query_warmup, args.query_seed,
+            ("query", args.query_steps, args.query_stop, args.query_lr, args.query_warmup, args.query_seed,
              SHARPEN_KIND_WEIGHTS)):
         now = st["progress"]["stage"]
         if stage not in order or (now in order and order.index(now) > order.index(stage)):
