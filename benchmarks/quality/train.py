@@ -184,6 +184,7 @@ SHARPEN_KIND_WEIGHTS = {"single": 2.0, "caption": 0.5, "differ": 2.0, "spot": 1.
 V2_STAGE12 = dict(query_steps=400, query_lr=5e-4, query_warmup=20, query_seed=10000, query_weight=0.5,
                   query_stop=200)
 ATTEND_STAGES = ("attend", "sharpen", "retrieve", "index", "query")  # stages with lookup_attention's loss
+STAGES = ("vision", "text", "ordinal", "binding", "lookup", "focus", "shape", *ATTEND_STAGES)  # in the order added
 BRANCHES = {"shape": ("ordinal", "shape", "attend", "sharpen", "retrieve", "index", "query"),
             "focus": ("ordinal", "binding", "lookup", "focus")}
 V2_OUT = ROOT / "plphp_dev" / "quality" / "model_v2"
@@ -378,45 +379,23 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
     if args.resume and state_path.is_file():
         saved = torch.load(state_path, map_location="cpu", weights_only=False)
         # states saved before a later stage existed, and before it began
-        for stage, keys, before in (("ordinal", (*V2_STAGE3, "ordinal_kind_weights"), ("vision", "text")),
-                                    ("binding", (*V2_STAGE4, "binding_kind_weights"),
-                                     ("vision", "text", "ordinal")),
-                                    ("lookup", (*V2_STAGE5, "lookup_kind_weights"),
-                                     ("vision", "text", "ordinal", "binding")),
-                                    ("focus", (*V2_STAGE6, "focus_kind_weights"),
-                                     ("vision", "text", "ordinal", "binding", "lookup")),
-                                    ("shape", (*V2_STAGE7, "shape_kind_weights"),
-                                     ("vision", "text", "ordinal", "binding", "lookup", "focus")),
-                                    ("attend", tuple(V2_STAGE8),
-                                     ("vision", "text", "ordinal", "binding", "lookup", "focus", "shape")),
-                                    ("sharpen", (*V2_STAGE9, "sharpen_kind_weights"),
-                                     ("vision", "text", "ordinal", "binding", "lookup", "focus", "shape",
-                                      "attend")),
-                                    ("retrieve", tuple(V2_STAGE10),
-                                     ("vision", "text", "ordinal", "binding", "lookup", "focus", "shape",
-                                      "attend", "sharpen")),
-                                    ("index", tuple(V2_STAGE11),
-                                     ("vision", "text", "ordinal", "binding", "lookup", "focus", "shape",
-                                      "attend", "sharpen", "retrieve")),
-                                    ("query", tuple(V2_STAGE12),
-                                     ("vision", "text", "ordinal", "binding", "lookup", "focus", "shape",
-                                      "attend", "sharpen", "retrieve", "index"))):
+        for stage, keys in (("ordinal", (*V2_STAGE3, "ordinal_kind_weights")),
+                            ("binding", (*V2_STAGE4, "binding_kind_weights")),
+                            ("lookup", (*V2_STAGE5, "lookup_kind_weights")),
+                            ("focus", (*V2_STAGE6, "focus_kind_weights")),
+                            ("shape", (*V2_STAGE7, "shape_kind_weights")),
+                            ("attend", tuple(V2_STAGE8)),
+                            ("sharpen", (*V2_STAGE9, "sharpen_kind_weights")),
+                            ("retrieve", tuple(V2_STAGE10)),
+                            ("index", tuple(V2_STAGE11)),
+                            ("query", tuple(V2_STAGE12))):
             if keys[0] not in saved["recipe"]:
+                before = STAGES[:STAGES.index(stage)]
                 assert saved["progress"]["stage"] in before, (stage, saved["progress"])
                 saved["recipe"].update({k: recipe[k] for k in keys})
+            elif f"{stage}_stop" in recipe and f"{stage}_stop" not in saved["recipe"]:
+                saved["recipe"][f"{stage}_stop"] = recipe[f"{stage}_stop"]  # a stop set while the stage ran
         saved["recipe"].setdefault("branch", "focus")  # states saved before branches existed
-        if "shape_stop" not in saved["recipe"] and "shape_steps" in saved["recipe"]:
-            saved["recipe"]["shape_stop"] = recipe["shape_stop"]  # added at stage-7 step 150
-        if "attend_stop" not in saved["recipe"] and "attend_steps" in saved["recipe"]:
-            saved["recipe"]["attend_stop"] = recipe["attend_stop"]  # added at stage-8 step 100
-        if "sharpen_stop" not in saved["recipe"] and "sharpen_steps" in saved["recipe"]:
-            saved["recipe"]["sharpen_stop"] = recipe["sharpen_stop"]  # added at stage-9 step 100
-        if "retrieve_stop" not in saved["recipe"] and "retrieve_steps" in saved["recipe"]:
-            saved["recipe"]["retrieve_stop"] = recipe["retrieve_stop"]  # added at stage-10 step 150
-        if "index_stop" not in saved["recipe"] and "index_steps" in saved["recipe"]:
-            saved["recipe"]["index_stop"] = recipe["index_stop"]  # added at stage-11 step 150
-        if "query_stop" not in saved["recipe"] and "query_steps" in saved["recipe"]:
-            saved["recipe"]["query_stop"] = recipe["query_stop"]  # added at stage-12 step 200
         assert saved["recipe"] == recipe, ("recipe changed since the state was saved", saved["recipe"], recipe)
         model.load_state_dict(saved.pop("model"))
         opt_v.load_state_dict(saved.pop("opt_vision"))
