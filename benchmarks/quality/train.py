@@ -409,21 +409,6 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
         torch.set_rng_state(saved.pop("torch_rng"))
         st = saved
         print(f"resumed {state_path} at {st['progress']}", flush=True)
-    elif args.resume_from:
-        # a committed float16 checkpoint of a later stage (its progress.json says where),
-        # so training spans sessions without state.pt; fresh optimizer state
-        src = Path(args.resume_from)
-        rec = json.load(open(src / "progress.json"))
-        info = json.load(open(out / "train_info.json"))
-        loaded, _ = load_checkpoint(str(src), dev)
-        model.load_state_dict(loaded.state_dict())
-        del loaded
-        st.update(progress={"stage": rec["stage"], "step": rec["step"]}, best=info["selected"],
-                  val=info.get("val_history", []) + [json.loads(x) for x in open(src / "val_history.jsonl")],
-                  history=info.get("loss_history", []), train_s=rec.get("train_s", 0.0))
-        if not (state_dir / "best").is_dir():
-            shutil.copytree(out, state_dir / "best")
-        print(f"resumed float16 weights of {src} at {st['progress']} (fresh optimizer state)", flush=True)
     elif args.resume and (out / "train_info.json").is_file():
         info = json.load(open(out / "train_info.json"))
         loaded, _ = load_checkpoint(str(out), dev)
@@ -693,8 +678,6 @@ def main() -> None:
     ap.add_argument("--stop-at-step", type=int, default=0, help="v2: checkpoint and exit at this stage-2 step")
     ap.add_argument("--resume", action="store_true", help="v2: continue from STATE_DIR/state.pt "
                     "(or, without it, from the float16 weights in --out, fresh optimizer)")
-    ap.add_argument("--resume-from", default="", help="v2: continue from a committed float16 checkpoint "
-                    "directory with progress.json and val_history.jsonl (fresh optimizer; state.pt wins)")
     ap.add_argument("--kind-weights", default="", help="conversation kinds, e.g. spot=2 (over KIND_WEIGHTS)")
     ap.add_argument("--spec", default="", help="ModelSpec overrides, e.g. num_layers=10")
     ap.add_argument("--eval-n", type=int, default=100, help="test examples per task at the end")
