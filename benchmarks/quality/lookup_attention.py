@@ -1,4 +1,4 @@
-"""Recipe v2, stage 8: ask attention to find the object a question names (issue 30).
+"""Recipe v2, stages 8-12: ask attention to find the object a question names (issue 30).
 
 Why: after stages 3-7 the model answers "Which image has a red circle?" from
 the colour alone (``differ_breakdown.py``) and "What color is the circle?"
@@ -25,6 +25,13 @@ the others stay free.  The attention is recomputed from each layer's input
 (captured by a forward pre-hook) with the layer's own q/k projections and
 rotary embedding, only for the supervised query rows; the model itself is an
 unchanged LLaVA (vLLM loads it as before).
+
+How the stages use it (``train.py``; ``recipe_v2.py`` items 12-16 say why):
+stage 8 supervises every answer position, best head of ``LAYERS``; stage 9
+only the position that predicts the answer's key word (``key_token``);
+stages 10-12 one fixed head, ``loss(..., head=(5, 3))``; stage 12 also reads
+each entry's asked colour and shape (``targets(..., names=[])``) for
+training-only probes on that position's input to layer 5.
 
 Shapes: ``hidden``: (batch, seq, hidden); queries (rows, heads, head_dim);
 keys (seq, kv_heads, head_dim); ``mass``: (rows, layers * heads).
