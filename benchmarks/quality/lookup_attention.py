@@ -43,6 +43,7 @@ import re
 from contextlib import contextmanager
 
 import torch
+from transformers.models.llama.modeling_llama import rotate_half  # the rotary embedding the model uses
 
 from batches import encode  # benchmarks/quality is sys.path[0]
 from plphp_dev.quality.scenes import COLOR_NAMES, POSITIONS, SHAPES
@@ -146,11 +147,6 @@ def targets(convs, batch: dict, tokenizer, spec, key_only: bool = False, names: 
     return torch.tensor(rows), torch.tensor(poss), torch.stack(masks)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat((-b, a), dim=-1)
-
-
 @contextmanager
 def captured(model, layers=LAYERS):
     """Within the block, ``store[layer] = (hidden, cos, sin)``: each listed layer's
@@ -190,9 +186,9 @@ def loss(model, store: dict, rows: torch.Tensor, poss: torch.Tensor, mask: torch
         d = attn.head_dim
         cos, sin = cos.expand(hidden.shape[0], -1, -1), sin.expand(hidden.shape[0], -1, -1)  # (1 or B, S, d)
         q = attn.q_proj(hidden[rows, poss]).view(len(rows), -1, d)  # (E, H, d)
-        q = q * cos[rows, poss][:, None] + _rotate_half(q) * sin[rows, poss][:, None]
+        q = q * cos[rows, poss][:, None] + rotate_half(q) * sin[rows, poss][:, None]
         k = attn.k_proj(hidden).view(hidden.shape[0], seq, -1, d)  # (B, S, KV, d)
-        k = k * cos[:, :, None] + _rotate_half(k) * sin[:, :, None]
+        k = k * cos[:, :, None] + rotate_half(k) * sin[:, :, None]
         group = q.shape[1] // k.shape[2]
         kk = k[rows].repeat_interleave(group, dim=2)  # (E, S, H, d)
         scores = torch.einsum("ehd,eshd->ehs", q.float(), kk.float()) * attn.scaling
