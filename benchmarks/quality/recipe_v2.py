@@ -367,7 +367,8 @@ def evaluate_examples(model, tokenizer, spec: ModelSpec, examples, device: str) 
         per.setdefault(ex.task, []).append(score(ex.task, a, ex.answer))
     scores = {t: round(sum(v) / len(v), 4) for t, v in per.items()}
     margins = {t: round(s - chance_score(t), 4) for t, s in scores.items()}
-    return {"n_per_task": len(next(iter(per.values()))), "scores": scores, "margins": margins,
+    return {"n_per_task": len(next(iter(per.values()))), "n": {t: len(v) for t, v in per.items()},
+            "scores": scores, "margins": margins,
             "val_metric": round(val_metric(margins), 4), "min_margin": round(min(margins.values()), 4),
             "tasks_20_above": sum(m >= 0.2 for m in margins.values())}
 

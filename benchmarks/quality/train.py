@@ -465,7 +465,9 @@ def run_v2(args, spec: ModelSpec, weights: dict[str, float], tokenizer) -> None:
             "threads": torch.get_num_threads(), "params": n_params, "spec": spec.to_dict(), "init": st["init"],
             "selection": "most tasks at least 0.2 above chance, then best val_metric = mean over tasks of "
                          "(validation score - chance_score), on "
-                         f"recipe_v2.val_examples({args.val_n}); the test split selects nothing",
+                         f"recipe_v2.val_examples({args.val_n}) per task; stage lookup and later score "
+                         f"{args.lookup_val_differ} differ prompts, stages focus and later also 200 colour "
+                         "prompts (n_per_task in val_history is the first task's n); the test split selects nothing",
             "baseline_val_v1_model": baseline, "val_history": st["val"], "loss_history": st["history"],
             "chance": {t: round(chance_score(t), 4) for t in TASKS},
             "eval": selected_eval,
