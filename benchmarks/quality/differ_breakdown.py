@@ -16,7 +16,6 @@ Needs torch and transformers, never vLLM.
 from __future__ import annotations
 
 import argparse
-import math
 import random
 from collections import defaultdict
 
@@ -24,6 +23,7 @@ import torch
 
 from batches import ROOT  # benchmarks/quality is sys.path[0]; puts ROOT on it
 from eval_hf import generate
+from paired import wilson
 from plphp_dev.quality.model import ModelSpec, load_checkpoint
 from plphp_dev.quality.scenes import render
 from plphp_dev.quality.tasks import Example, differ_qa, differ_scenes, score
@@ -46,14 +46,6 @@ def differ_cases(split: str, n: int, image_size: int = 96) -> list[tuple[Example
         ex = Example("differ", [render(s, image_size) for s in scenes], q, a)
         out.append((ex, {"images": len(scenes), "which": which, "decoy": decoy}))
     return out
-
-
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return c - h, c + h
 
 
 def main() -> None:

@@ -43,6 +43,14 @@ def paired_gap(diffs: dict[str, np.ndarray], b: int = B, seed: int = SEED) -> di
     return out
 
 
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion k / n."""
+    p, d = k / n, 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return float(c - h), float(c + h)
+
+
 def bracket(curve: list[tuple[float, str]], x: float):
     """curve: [(mean x, setting name)]. The (name_a, name_b, w) whose x bracket
     ``x`` (y = (1 - w) y_a + w y_b), or None outside the curve."""

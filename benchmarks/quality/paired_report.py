@@ -10,7 +10,7 @@ from collections import Counter
 
 import numpy as np
 
-from paired import bracket, fmt, half_width, paired_gap
+from paired import bracket, fmt, half_width, paired_gap, wilson
 
 TASK_ORDER = ("color", "shape", "count", "position", "differ", "spot", "compare", "caption")
 MULTI = ("differ", "spot", "compare")
@@ -130,6 +130,30 @@ def category_table(suite: dict, names: list[str], num_layers: int) -> None:
               + ", ".join(f"L{l + 2}: {p}" for l, p in enumerate(per_layer)) + " |")
 
 
+def bar_table(suite: dict) -> dict:
+    """Stock minus the best image-blind answer (``chance_score``), per task:
+    issue 30's bar is 20 points. Exact-match tasks: Wilson 95% interval of
+    stock's score; caption (ROUGE-L, not a proportion): percentile bootstrap."""
+    from plphp_dev.quality.tasks import chance_score
+
+    tasks = _tasks(suite)
+    by = _by_task(suite, suite["settings"]["stock"]["score"])
+    out = {}
+    for t in tasks:
+        c, m = chance_score(t), float(by[t].mean())
+        lo, hi = (paired_gap({t: by[t]})[t][1:] if t == "caption" else wilson(by[t].sum(), len(by[t])))
+        out[t] = (m - c, lo - c, hi - c)
+    print("\n#### Stock against the best image-blind answer (the bar: 20 points on every task; "
+          "95% interval: Wilson, caption bootstrap)\n")
+    print("| | " + " | ".join(tasks) + " |")
+    print("|---" * (len(tasks) + 1) + "|")
+    print("| n | " + " | ".join(str(len(by[t])) for t in tasks) + " |")
+    print("| stock | " + " | ".join(f"{by[t].mean():.3f}" for t in tasks) + " |")
+    print("| best image-blind | " + " | ".join(f"{chance_score(t):.3f}" for t in tasks) + " |")
+    print("| margin (points) | " + " | ".join(fmt(out[t]) for t in tasks) + " |")
+    return out
+
+
 def caption_table(suite: dict, names: list[str]) -> None:
     """Caption length: answer tokens, EOS vs length limit, objects described."""
     s = suite["settings"]
@@ -181,6 +205,7 @@ def report(raw: dict) -> None:
     plain = raw["suites"]["plain"]
     ps = plain["settings"]
     p_names = [k for k in ps if k.startswith("plphp")]
+    bar_table(plain)
     scores_table(plain, "Plain prompts")
     gap_table(plain, [(k, "stock") for k in ps if k != "stock"], "Plain prompts: setting minus stock")
     gap_table(plain, [(k, f"shared heads {k.split()[-1]}") for k in p_names

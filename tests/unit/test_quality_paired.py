@@ -33,3 +33,25 @@ def test_bracket_interpolates_between_neighbours():
     assert bracket(curve, 0.7) == ("b", "c", pytest.approx(1 / 3))
     assert bracket(curve, 0.95) is None
     assert fmt((0.012, -0.005, 0.029)) == "+1.2 [-0.5, +2.9]"
+
+
+def test_bar_table_margins_are_stock_minus_the_image_blind_answer(capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from paired import wilson
+    from paired_report import bar_table
+
+    from plphp_dev.quality.tasks import chance_score
+
+    # a hand-checked Wilson interval: 8 of 10 -> [0.490, 0.943]
+    assert wilson(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    # a perfect score keeps a lower bound below 1 (a bootstrap would not)
+    assert wilson(100, 100)[0] == pytest.approx(0.963, abs=1e-3)
+    suite = {"task": ["shape"] * 100 + ["caption"] * 4, "answer": [""] * 104,
+             "settings": {"stock": {"score": [1.0] * 60 + [0.0] * 40 + [0.5, 0.7, 0.9, 0.7]}}}
+    out = bar_table(suite)
+    assert out["shape"][0] == pytest.approx(0.6 - chance_score("shape"))
+    lo, hi = wilson(60, 100)
+    assert out["shape"][1:] == pytest.approx((lo - chance_score("shape"), hi - chance_score("shape")))
+    assert out["caption"][0] == pytest.approx(0.7 - chance_score("caption"))
+    assert out["caption"][1] < out["caption"][0] < out["caption"][2]
+    assert "| n | 100 | 4 |" in capsys.readouterr().out
