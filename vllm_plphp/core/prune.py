@@ -48,15 +48,8 @@ def cache_views(impl, layer, kv_cache):
     return kv_layout.split_views(kv_cache, impl.head_size)
 
 
-def _tp_size() -> int:
-    from vllm.distributed import get_tensor_model_parallel_world_size
-
-    return get_tensor_model_parallel_world_size()
-
-
 def _tp_all_reduce(values: torch.Tensor) -> torch.Tensor:
-    if _tp_size() == 1:
-        return values
+    """Sum over tensor-parallel ranks (callers skip it when `worker.tp_size` is 1)."""
     from vllm.distributed import tensor_model_parallel_all_reduce
 
     return tensor_model_parallel_all_reduce(values)
@@ -245,7 +238,7 @@ def _keys(impl, layer, k_cache, block_ids, length, dtype) -> torch.Tensor:
     return kv_layout.dequantize(keys, kv_cache_dtype, layer._k_scale_float, dtype)
 
 
-def _layer_scores(roles, impl, layer, query, k_cache, blocks) -> dict[int, LayerScores]:
+def _layer_scores(roles, impl, layer, query, k_cache, blocks, tp: int) -> dict[int, LayerScores]:
     """Scores of the targets this layer scores. Attention on each vision
     position averaged over ALL query heads: this rank's head sums, reduced
     across tensor-parallel ranks, / global heads."""
@@ -259,7 +252,9 @@ def _layer_scores(roles, impl, layer, query, k_cache, blocks) -> dict[int, Layer
         probs[t.row] = scoring.last_token_attention(query[t.query_index], keys, impl.scale)
         vision[t.row] = torch.cat(t.images).to(k_cache.device)
     sums = torch.cat([probs[t.row][:, vision[t.row]].sum(0) for t in scored])
-    sums = _tp_all_reduce(sums) / (query.shape[1] * _tp_size())
+    if tp > 1:
+        sums = _tp_all_reduce(sums)
+    sums = sums / (query.shape[1] * tp)
     parts = torch.split(sums, [vision[t.row].numel() for t in scored])
     return {t.row: LayerScores(probs[t.row], part, num_kv_heads) for t, part in zip(scored, parts)}
 
@@ -271,7 +266,7 @@ def _prune(worker: PlphpWorker, roles, impl, layer, query, kv_cache) -> None:
     k_cache, v_cache = cache_views(impl, layer, kv_cache)
     num_kv_heads = k_cache.shape[1]
     blocks = {t.row: adapter.block_ids(gid, t) for t, *_ in roles}
-    layer_scores = _layer_scores(roles, impl, layer, query, k_cache, blocks)
+    layer_scores = _layer_scores(roles, impl, layer, query, k_cache, blocks, worker.tp_size)
 
     for target, policy, score, prune in roles:
         images = [p.to(k_cache.device) for p in target.images]

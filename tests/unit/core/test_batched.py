@@ -66,7 +66,6 @@ def run(batched_path: bool, layout: str, seed: int, extra: int, kernels: str | N
         dtype=torch.float32):
     kv, table, totals, query, targets = make_step(seed, layout, extra)
     kv = kv.to(dtype)
-    prune._tp_size = lambda: 1
     config = SimpleNamespace(additional_config={}, model_config=SimpleNamespace(
         hf_text_config=SimpleNamespace(num_hidden_layers=8)))
     worker = PlphpWorker(config)

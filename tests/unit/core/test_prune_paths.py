@@ -39,7 +39,6 @@ def run(kernels: str, seed: int = 0):
     from vllm_plphp.core.plan import PruneTarget
     from vllm_plphp.core.worker import PlphpWorker
 
-    prune._tp_size = lambda: 1
     gen = torch.Generator().manual_seed(seed)
     plens = [300, 180, 240]
     images, totals = make_requests(gen, plens, [1, 2, 3], extra=0)
