@@ -25,11 +25,15 @@ import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from vllm_plphp.core import compaction, scoring
 from vllm_plphp.gpu.select import BatchPlan, make_plan, select_kept_batched, select_kept_device
+
+if TYPE_CHECKING:  # the C kernel's results are numpy arrays
+    import numpy as np
 
 
 @functools.lru_cache(maxsize=1)
@@ -169,10 +173,10 @@ class LayerResult:
     """One pruned layer's results, no host sync taken: device tensors (numpy
     arrays on the host from the one-call C kernel, `core.cpu_kernel`)."""
 
-    keep: torch.Tensor | None  # (B, Hkv, L_bound) long, -1 past lengths[b] (None: not asked)
-    lengths: torch.Tensor  # (B,) int32 kept length L_l per request
-    gammas: torch.Tensor  # (B,) float32 gamma_l
-    rates: torch.Tensor  # (B,) float64 r_l
+    keep: torch.Tensor | np.ndarray | None  # (B, Hkv, L_bound) long, -1 past lengths[b] (None: not asked)
+    lengths: torch.Tensor | np.ndarray  # (B,) int32 kept length L_l per request
+    gammas: torch.Tensor | np.ndarray  # (B,) float32 gamma_l
+    rates: torch.Tensor | np.ndarray  # (B,) float64 r_l
 
 
 def prune_layer_batched_(
