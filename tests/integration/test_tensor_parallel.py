@@ -26,14 +26,23 @@ def tp1(llava_path):
     gammas = sorted(r["gamma"] for r in rec[first[0].request_id].values())
     i, j = len(gammas) // 3, 2 * len(gammas) // 3
     override = {"beta": (gammas[i - 1] + gammas[i]) / 2, "alpha": (gammas[j - 1] + gammas[j]) / 2}
-    outs = llm.generate(prompts, greedy(plphp=override))
+    prompts, params = with_per_request_path(prompts, override)
+    outs = llm.generate(prompts, params)
     records = llm.collective_rpc("plphp_records", args=([o.request_id for o in outs],))[0]
     llm.llm_engine.engine_core.shutdown()
-    return prompts, override, token_ids(outs), [records.get(o.request_id) for o in outs]
+    return prompts, params, token_ids(outs), [records.get(o.request_id) for o in outs]
+
+
+def with_per_request_path(prompts, override):
+    """The prompts under `override`, plus the first one under shared heads and
+    FastV: those take the per-request scoring path (`prune._layer_scores`),
+    whose head sums are all-reduced across ranks too."""
+    extra = [{**override, "per_head": False}, {"policy": "fastv", "k": 3, "fastv_r": 0.5}]
+    return prompts + prompts[:1] * len(extra), [greedy(plphp=o) for o in [override] * len(prompts) + extra]
 
 
 def test_tp2_ranks_agree_and_equal_tp1(llava_path, tp1):
-    prompts, override, tp1_tokens, tp1_records = tp1
+    prompts, params, tp1_tokens, tp1_records = tp1
     old = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0|1"  # one core per rank
     try:
@@ -45,7 +54,7 @@ def test_tp2_ranks_agree_and_equal_tp1(llava_path, tp1):
         else:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = old
     try:
-        outs = llm.generate(prompts, greedy(plphp=override))
+        outs = llm.generate(prompts, params)
         per_rank = llm.collective_rpc("plphp_records", args=([o.request_id for o in outs],))
     finally:
         llm.llm_engine.engine_core.shutdown()
@@ -55,4 +64,5 @@ def test_tp2_ranks_agree_and_equal_tp1(llava_path, tp1):
     assert kept(rank0) == kept(rank1)  # same r_l and lengths on both ranks
     assert kept(rank0) == kept(tp1_records)  # and the same as TP=1
     assert len({x["rate"] for x in tp1_records[0].values()}) == 3  # a real mix of categories
+    assert all(tp1_records[-2:])  # shared heads and FastV pruned too
     assert token_ids(outs) == tp1_tokens
