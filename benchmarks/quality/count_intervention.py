@@ -12,9 +12,9 @@ token), for the held-out count prompts (split "test", seed 0, as the paired
 benchmark):
 
 - "plphp r=0.3": PLPHP as it is;
-- "r=0.3 + background": the same masks, and every background patch kept too
-  (in every pruned layer and KV head; object patches exactly as r=0.3 chose);
-- "r=0.3 + objects": the same masks, and every object patch kept too
+- "r=0.3 + every background patch": the same masks, and every background
+  patch kept too (in every pruned layer and KV head; object patches exactly as r=0.3 chose);
+- "r=0.3 + every object patch": the same masks, and every object patch kept too
   (background exactly as r=0.3 chose);
 - "plphp r=0.5" and "stock" for scale.
 
@@ -40,8 +40,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 BASE = {"policy": "plphp", "r": 0.3}
-SETTINGS = {"stock": (None, None), "plphp r=0.3": (BASE, None), "r=0.3 + background": (BASE, "background"),
-            "r=0.3 + objects": (BASE, "objects"), "plphp r=0.5": ({"policy": "plphp", "r": 0.5}, None)}
+SETTINGS = {"stock": (None, None), "plphp r=0.3": (BASE, None),
+            "r=0.3 + every background patch": (BASE, "background"),
+            "r=0.3 + every object patch": (BASE, "objects"),
+            "plphp r=0.5": ({"policy": "plphp", "r": 0.5}, None)}
 
 
 @contextlib.contextmanager
@@ -108,9 +110,12 @@ def main() -> None:
                 obj_kept.append(keep[:, :, on_object].mean())
                 bg_kept.append(keep[:, :, ~on_object].mean())
                 density.append(keep[:, :, on_object].sum() / keep.sum())
-            else:
-                obj_kept.append(1.0), bg_kept.append(1.0), density.append(on_object.mean())
-        rows[name] = dict(right=np.array(right), error=np.nanmean(error), low=np.nanmean(np.array(error) < 0),
+            else:  # stock: everything kept
+                obj_kept.append(1.0)
+                bg_kept.append(1.0)
+                density.append(on_object.mean())
+        # "answers too low": share of all answers (one with no number is not low)
+        rows[name] = dict(right=np.array(right), error=np.nanmean(error), low=np.mean(np.array(error) < 0),
                           obj=np.mean(obj_kept), bg=np.mean(bg_kept), density=np.mean(density))
         print(f"[{name}] {np.mean(right):.3f}", file=sys.stderr, flush=True)
     base = rows["plphp r=0.3"]["right"]
