@@ -13,9 +13,10 @@ benchmark):
 
 - "plphp r=0.3": PLPHP as it is;
 - "r=0.3 + every background patch": the same masks, and every background
-  patch kept too (in every pruned layer and KV head; object patches exactly as r=0.3 chose);
-- "r=0.3 + every object patch": the same masks, and every object patch kept too
-  (background exactly as r=0.3 chose);
+  patch kept too (in every pruned layer and KV head; object patches exactly
+  as r=0.3 chose);
+- "r=0.3 + every object patch": the same masks, and every object patch kept
+  too (background exactly as r=0.3 chose);
 - "plphp r=0.5" and "stock" for scale.
 
 If the count is read from how much of the kept image is object, adding
