@@ -97,7 +97,7 @@ def main() -> None:
     ref.model.generation_config.eos_token_id = tok.eos_token_id  # stop at the answer's end
     examples = make_examples("test", args.n, 0, tasks=(args.task,))
     settings = SETTINGS
-    if args.task == "count":  # stock and PLPHP at its three rates
+    if args.task == "count":  # stock, PLPHP at its three rates, shared heads
         both = {**SETTINGS, **COUNT_SETTINGS}
         settings = {n: both[n] for n in ("stock", "plphp r=0.3", "plphp r=0.4", "plphp r=0.5",
                                          "shared heads r=0.4")}
