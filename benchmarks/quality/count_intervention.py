@@ -104,8 +104,9 @@ def main() -> None:
                 tokens, _ = ref.generate(prompt_text(ex), ex.images, 40, cfg)
             text = tok.decode(tokens, skip_special_tokens=True)
             truth = len(scene.objects)
-            right.append(float(said(text) == truth))
-            error.append(said(text) - truth if said(text) >= 0 else np.nan)
+            number = said(text)  # -1: no number
+            right.append(float(number == truth))
+            error.append(number - truth if number >= 0 else np.nan)
             if ref.last_run.masks:
                 keep = np.stack([m.numpy()[:, vision.numpy()] for m in ref.last_run.masks.values()])
                 obj_kept.append(keep[:, :, on_object].mean())
